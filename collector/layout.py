@@ -1,0 +1,152 @@
+"""Where chunks live and what they are called: the one place that maps time to file names.
+
+Chunks are named after the wall-clock minute of receipt in the configured time zone:
+`<root>/YYYY-mm-dd/HH/<server_id>_YYYY-mm-dd_HH-MM.jsonl`. Two cases need more than that:
+
+* Clocks going back repeat an hour (02:00-02:59 happens twice on the last Sunday of October
+  in CET). The second pass is labelled `HHb` (e.g. `02b`), so the two hours never share a
+  file and both sort between `02` and `03`. The hour skipped in spring simply has no chunks.
+* A chunk opened in the middle of a minute (the stream started or restarted) carries the
+  second it was opened, `..._HH-MM-SS.jsonl`, so it can never overwrite a chunk of the same
+  minute that an earlier run closed and perhaps already sent to the main.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+PART_SUFFIX = ".part"
+CHUNK_SUFFIX = ".jsonl"
+
+_DAY = r"\d{4}-\d{2}-\d{2}"
+_HOUR = r"\d{2}b?"
+CHUNK_NAME = re.compile(
+    rf"^(?P<server>.+)_(?P<day>{_DAY})_(?P<hour>{_HOUR})-(?P<minute>\d{{2}})"
+    rf"(?:-(?P<second>\d{{2}}))?\.jsonl$"
+)
+HOUR_KEY = re.compile(rf"^(?P<day>{_DAY})T(?P<hour>{_HOUR})$")
+
+
+@dataclass(frozen=True, order=True)
+class HourKey:
+    """One processing unit: a wall-clock hour of a day, `02b` for a repeated hour."""
+
+    day: str
+    hour: str
+
+    def __str__(self) -> str:
+        return f"{self.day}T{self.hour}"
+
+    @property
+    def file_prefix(self) -> str:
+        """Prefix of the hour's output files: `YYYY-mm-dd_HH`."""
+        return f"{self.day}_{self.hour}"
+
+    @classmethod
+    def parse(cls, text: str) -> HourKey:
+        """Parse `YYYY-mm-ddTHH` (or `...THHb`); raise ValueError otherwise."""
+        match = HOUR_KEY.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is not an hour like 2026-11-27T14")
+        key = cls(match["day"], match["hour"])
+        datetime.strptime(key.day, "%Y-%m-%d")  # rejects 2026-13-40
+        if not 0 <= int(key.hour[:2]) <= 23:
+            raise ValueError(f"{text!r} has no hour {key.hour[:2]}")
+        return key
+
+
+def hour_label(moment: datetime, zone: ZoneInfo) -> tuple[str, str]:
+    """Day and hour label of an aware instant in `zone`: `('2026-10-25', '02b')` on a fold."""
+    local = moment.astimezone(zone)
+    label = f"{local.hour:02d}"
+    if local.fold == 1 and _is_repeated(local, zone):
+        label += "b"
+    return local.strftime("%Y-%m-%d"), label
+
+
+def _is_repeated(local: datetime, zone: ZoneInfo) -> bool:
+    first = local.replace(fold=0)
+    second = local.replace(fold=1)
+    return first.utcoffset() != second.utcoffset()
+
+
+def hour_of(moment: datetime, zone: ZoneInfo) -> HourKey:
+    day, hour = hour_label(moment, zone)
+    return HourKey(day, hour)
+
+
+def hour_bounds(key: HourKey, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """UTC start and end of a labelled hour (end exclusive)."""
+    naive = datetime.strptime(f"{key.day} {key.hour[:2]}", "%Y-%m-%d %H")
+    fold = 1 if key.hour.endswith("b") else 0
+    start = naive.replace(tzinfo=zone, fold=fold).astimezone(timezone.utc)
+    return start, start + timedelta(hours=1)
+
+
+def chunk_filename(server_id: str, moment: datetime, zone: ZoneInfo, mid_minute: bool) -> str:
+    """Name of the chunk that receives messages at `moment` (see module docstring)."""
+    local = moment.astimezone(zone)
+    day, hour = hour_label(moment, zone)
+    name = f"{server_id}_{day}_{hour}-{local.minute:02d}"
+    if mid_minute:
+        name += f"-{local.second:02d}"
+    return name + CHUNK_SUFFIX
+
+
+def chunk_path(root: Path, server_id: str, moment: datetime, zone: ZoneInfo,
+               mid_minute: bool = False) -> Path:
+    """Full path of a (closed) chunk: `root/day/hour/name`."""
+    day, hour = hour_label(moment, zone)
+    return root / day / hour / chunk_filename(server_id, moment, zone, mid_minute)
+
+
+def minute_start(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A closed chunk found on disk."""
+
+    path: Path
+    server_id: str
+    hour: HourKey
+
+
+def parse_chunk(path: Path) -> Chunk | None:
+    """Recognise a closed chunk by its name; None for anything else (`.part`, stray files)."""
+    match = CHUNK_NAME.match(path.name)
+    if not match:
+        return None
+    return Chunk(path, match["server"], HourKey(match["day"], match["hour"]))
+
+
+def iter_closed_chunks(root: Path) -> Iterator[Chunk]:
+    """Every closed chunk under `root/day/hour/`, in name order; skips hidden folders."""
+    if not root.is_dir():
+        return
+    for day_dir in sorted(root.iterdir()):
+        if day_dir.name.startswith(".") or not day_dir.is_dir():
+            continue
+        for hour_dir in sorted(day_dir.iterdir()):
+            if not hour_dir.is_dir():
+                continue
+            for path in sorted(hour_dir.iterdir()):
+                chunk = parse_chunk(path)
+                if chunk is not None:
+                    yield chunk
+
+
+def iter_part_files(root: Path) -> Iterator[Path]:
+    """Chunks still open (or left open by a crash)."""
+    if not root.is_dir():
+        return
+    for day_dir in sorted(root.iterdir()):
+        if day_dir.name.startswith(".") or not day_dir.is_dir():
+            continue
+        yield from sorted(day_dir.glob(f"*/*{CHUNK_SUFFIX}{PART_SUFFIX}"))

@@ -1,0 +1,330 @@
+"""Read and validate `server_settings.txt` and the credential files it points to.
+
+The file is rendered by Ansible, but a human edits it too, so every problem is reported as
+one line that names the key and the file. Secrets live in separate files (mode 0640 or
+stricter) and are read only by the command that needs them, never kept in `Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from collector.errors import CredentialsError, SettingsError
+
+DEFAULT_SETTINGS_PATH = Path("/etc/collector/server_settings.txt")
+SETTINGS_ENV = "COLLECTOR_SETTINGS"
+
+DEFAULT_TWEET_FIELDS = (
+    "author_id,conversation_id,created_at,id,lang,text,referenced_tweets,source"
+)
+DEFAULT_USER_FIELDS = (
+    "created_at,id,location,name,protected,public_metrics,username,verified"
+)
+DEFAULT_EXPANSIONS = "author_id"
+
+# Credential bits that must be clear: group write/exec and anything for others (0640 or stricter).
+_TOO_OPEN_BITS = 0o037
+
+
+def _text(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _path(value: str) -> Path:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return Path(value)
+
+
+def _bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("true", "yes", "1", "on"):
+        return True
+    if lowered in ("false", "no", "0", "off"):
+        return False
+    raise ValueError("must be True or False")
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"must be a whole number from {low} to {high}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return number
+
+    return parse
+
+
+def _role(value: str) -> str:
+    if value not in ("main", "secondary"):
+        raise ValueError("must be main or secondary")
+    return value
+
+
+def _timezone(value: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("is not a known time zone (e.g. CET, Europe/Berlin, UTC)") from None
+
+
+def _url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+def _comma_list(value: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    if not items:
+        raise ValueError("must list at least one name")
+    return items
+
+
+# key -> (parser, default); a default of None means the key is required where it applies.
+_KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
+    "library_dst": (_text, ""),
+    "API_key_dst": (_path, None),
+    "OSF_key_dst": (_path, ""),
+    "data_storage_dst": (_path, None),
+    "data_vault_dst": (_path, ""),
+    "username": (_text, None),
+    "groupname": (_text, None),
+    "server_id": (_text, None),
+    "role": (_role, None),
+    "servers": (_comma_list, None),
+    "api_base_url": (_url, "https://api.x.com"),
+    "incoming_dst": (_path, ""),
+    "main_host": (_text, ""),
+    "main_port": (_int_between(1, 65535), "22"),
+    "main_user": (_text, ""),
+    "timezone": (_timezone, "CET"),
+    "tweet_fields": (_comma_list, DEFAULT_TWEET_FIELDS),
+    "user_fields": (_comma_list, DEFAULT_USER_FIELDS),
+    "expansions": (_comma_list, DEFAULT_EXPANSIONS),
+    "backfill_minutes": (_int_between(0, 5), "0"),
+    "process_grace_minutes": (_int_between(0, 1440), "10"),
+    "raw_retention_days": (_int_between(1, 3650), "7"),
+    "osf_enabled": (_bool, "True"),
+    "osf_project": (_text, ""),
+    "osf_storage": (_text, "osfstorage"),
+    "osf_base_url": (_url, "https://api.osf.io/v2/"),
+    "notifications": (_bool, "True"),
+    "email_credentials_dst": (_path, ""),
+    # Added by this product (not in the seed):
+    "stall_seconds": (_int_between(10, 86400), "300"),
+    "read_timeout_seconds": (_int_between(1, 600), "20"),
+    "xz_preset": (_int_between(0, 9), "6"),
+    "ssh_identity_file": (_path, ""),
+    "ssh_known_hosts_file": (_path, ""),
+}
+
+# Keys that are required only for one role or when a feature is switched on.
+_MAIN_ONLY = ("data_vault_dst", "incoming_dst")
+_SECONDARY_ONLY = ("main_host", "main_user")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every key of `server_settings.txt`, parsed; `source` is the file it came from."""
+
+    source: Path
+    library_dst: str
+    API_key_dst: Path
+    OSF_key_dst: Path | None
+    data_storage_dst: Path
+    data_vault_dst: Path | None
+    username: str
+    groupname: str
+    server_id: str
+    role: str
+    servers: tuple[str, ...]
+    api_base_url: str
+    incoming_dst: Path | None
+    main_host: str
+    main_port: int
+    main_user: str
+    timezone: ZoneInfo
+    tweet_fields: tuple[str, ...]
+    user_fields: tuple[str, ...]
+    expansions: tuple[str, ...]
+    backfill_minutes: int
+    process_grace_minutes: int
+    raw_retention_days: int
+    osf_enabled: bool
+    osf_project: str
+    osf_storage: str
+    osf_base_url: str
+    notifications: bool
+    email_credentials_dst: Path | None
+    stall_seconds: int
+    read_timeout_seconds: int
+    xz_preset: int
+    ssh_identity_file: Path | None
+    ssh_known_hosts_file: Path | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.role == "main"
+
+    @property
+    def state_dir(self) -> Path:
+        """Where commands keep their small state files (status, upload ledger, locks)."""
+        return self.data_storage_dst / ".collector"
+
+
+def resolve_settings_path(cli_path: str | None) -> Path:
+    """`--settings`, else `$COLLECTOR_SETTINGS`, else the path Ansible installs to."""
+    if cli_path:
+        return Path(cli_path)
+    env_path = os.environ.get(SETTINGS_ENV)
+    if env_path:
+        return Path(env_path)
+    return DEFAULT_SETTINGS_PATH
+
+
+def parse_key_values(text: str, source: Path) -> dict[str, str]:
+    """Split `KEY=VALUE` lines; `#` starts a comment line, blank lines are ignored."""
+    values: dict[str, str] = {}
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SettingsError(f"{source}:{number}: expected KEY=VALUE, got {line[:40]!r}")
+        if key in values:
+            raise SettingsError(f"{source}:{number}: key {key} is set twice")
+        values[key] = value.strip()
+    return values
+
+
+def settings_from_mapping(raw: Mapping[str, str], source: Path) -> Settings:
+    """Validate a parsed settings mapping; raise SettingsError naming the first bad key."""
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise SettingsError(f"{source}: unknown key {unknown[0]}")
+    role = raw.get("role", "")
+    parsed: dict[str, Any] = {}
+    for key, (parser, default) in _KEYS.items():
+        value = raw.get(key, default)
+        if value is None:
+            raise SettingsError(f"{source}: missing required key {key}")
+        if value == "":
+            required_here = (role == "main" and key in _MAIN_ONLY) or (
+                role == "secondary" and key in _SECONDARY_ONLY
+            )
+            if required_here:
+                raise SettingsError(f"{source}: missing required key {key} (needed on a {role})")
+            parsed[key] = None if parser is _path else ""
+            continue
+        try:
+            parsed[key] = parser(value)
+        except ValueError as error:
+            raise SettingsError(f"{source}: {key}={value!r} {error}") from None
+    settings = Settings(source=source, **parsed)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    source = settings.source
+    if settings.server_id not in settings.servers:
+        raise SettingsError(f"{source}: server_id {settings.server_id} is not listed in servers")
+    if len(set(settings.servers)) != len(settings.servers):
+        raise SettingsError(f"{source}: servers lists a server id twice")
+    if settings.is_main and settings.osf_enabled:
+        if not settings.osf_project:
+            raise SettingsError(f"{source}: missing required key osf_project (osf_enabled=True)")
+        if settings.OSF_key_dst is None:
+            raise SettingsError(f"{source}: missing required key OSF_key_dst (osf_enabled=True)")
+    if settings.notifications and settings.email_credentials_dst is None:
+        raise SettingsError(
+            f"{source}: missing required key email_credentials_dst (notifications=True)"
+        )
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate one settings file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist") from None
+    except PermissionError:
+        raise SettingsError(f"settings file {path} is not readable by this user") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(f"settings file {path} cannot be read: {error}") from None
+    return settings_from_mapping(parse_key_values(text, path), path)
+
+
+def read_credentials(path: Path, required: tuple[str, ...]) -> dict[str, str]:
+    """Read a `key=value` credentials file, refusing one that others could read.
+
+    Values are returned but never put into an exception message.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise CredentialsError(f"credentials file {path} does not exist") from None
+    except PermissionError:
+        raise CredentialsError(f"credentials file {path} is not readable by this user") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CredentialsError(f"credentials file {path} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & _TOO_OPEN_BITS:
+        raise CredentialsError(
+            f"credentials file {path} has mode {mode:04o}; it must be 0640 or stricter"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except PermissionError:
+        raise CredentialsError(f"credentials file {path} is not readable by this user") from None
+    except (OSError, UnicodeDecodeError):
+        raise CredentialsError(f"credentials file {path} cannot be read") from None
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    for key in required:
+        if not values.get(key):
+            raise CredentialsError(f"credentials file {path} has no value for {key}")
+    return values
+
+
+def read_bearer_token(settings: Settings) -> str:
+    """This host's own API bearer token, from `API_key_dst/twitter_api.txt`."""
+    path = settings.API_key_dst / "twitter_api.txt"
+    return read_credentials(path, ("bearer_token",))["bearer_token"]
+
+
+def read_osf_token(settings: Settings) -> str:
+    """The OSF personal access token, from `OSF_key_dst/osf_credentials.txt`."""
+    if settings.OSF_key_dst is None:
+        raise SettingsError(f"{settings.source}: OSF_key_dst is not set")
+    path = settings.OSF_key_dst / "osf_credentials.txt"
+    return read_credentials(path, ("token",))["token"]
+
+
+def read_email_credentials(settings: Settings) -> dict[str, str]:
+    """SMTP server, port, login and addresses from `email_credentials.txt`."""
+    if settings.email_credentials_dst is None:
+        raise SettingsError(f"{settings.source}: email_credentials_dst is not set")
+    path = settings.email_credentials_dst / "email_credentials.txt"
+    return read_credentials(path, ("server", "port", "user", "password", "fromaddr", "toaddr"))
