@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -84,7 +84,7 @@ def hour_bounds(key: HourKey, zone: ZoneInfo) -> tuple[datetime, datetime]:
     """UTC start and end of a labelled hour (end exclusive)."""
     naive = datetime.strptime(f"{key.day} {key.hour[:2]}", "%Y-%m-%d %H")
     fold = 1 if key.hour.endswith("b") else 0
-    start = naive.replace(tzinfo=zone, fold=fold).astimezone(timezone.utc)
+    start = naive.replace(tzinfo=zone, fold=fold).astimezone(UTC)
     return start, start + timedelta(hours=1)
 
 

@@ -125,7 +125,7 @@ _KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "notifications": (_bool, "True"),
     "email_credentials_dst": (_path, ""),
     # Added by this product (not in the seed):
-    "stall_seconds": (_int_between(10, 86400), "300"),
+    "stall_seconds": (_int_between(2, 86400), "300"),
     "read_timeout_seconds": (_int_between(1, 600), "20"),
     "xz_preset": (_int_between(0, 9), "6"),
     "ssh_identity_file": (_path, ""),

@@ -1,0 +1,56 @@
+"""`collector status [--json]`: this host's health; exit 0 healthy, 1 degraded, 2 down."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from collector.commands import settings_from_args
+from collector.status import HostStatus, host_status
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _age(seconds: Any) -> str:
+    if seconds is None:
+        return "never"
+    return f"{float(seconds):.1f} s ago"
+
+
+def render(status: HostStatus) -> str:
+    """The human view: one `label  value` line per fact, problems last."""
+    stream = status.stream
+    if stream.get("running"):
+        state = "connected" if stream.get("connected") else "running, not connected"
+        if stream.get("stalled"):
+            state += ", stalled"
+    else:
+        state = "not running"
+    rows = [
+        ("host", f"{status.server_id} ({status.role})"),
+        ("verdict", status.verdict.name.lower()),
+        ("stream", state),
+        ("last message", _age(stream.get("last_message_age"))),
+        ("last tweet", _age(stream.get("last_tweet_age"))),
+        ("open chunk", stream.get("open_chunk") or "-"),
+        ("chunks waiting", f"{status.chunks_waiting}"
+                           + (f" (oldest {status.oldest_chunk_waiting})"
+                              if status.oldest_chunk_waiting else "")),
+    ]
+    rows += [("problem", problem) for problem in status.problems]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def main(args: argparse.Namespace) -> int:
+    status = host_status(settings_from_args(args))
+    if args.json:
+        sys.stdout.write(orjson.dumps(status.as_dict()).decode() + "\n")
+    else:
+        sys.stdout.write(render(status) + "\n")
+    return int(status.verdict)

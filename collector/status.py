@@ -1,0 +1,128 @@
+"""Health of one host, from the files its commands leave behind (no network needed).
+
+The verdict is the worst of the parts: `down` (2) when the stream is not running at all,
+`degraded` (1) when it runs but does not capture (disconnected, stalled, disk full) or data
+waits too long, `healthy` (0) otherwise. cron, Ansible and monitoring read the exit code.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.health import STATUS_FILE, read_health
+from collector.layout import iter_closed_chunks
+from collector.settings import Settings
+
+# The stream rewrites its health record every 2 s; older than this means it is not running.
+HEALTH_STALE_AFTER = 30.0
+# Disconnected for longer than this is worth a look (reconnects normally take seconds).
+DISCONNECTED_DEGRADED_AFTER = 60.0
+
+
+class Verdict(enum.IntEnum):
+    HEALTHY = 0
+    DEGRADED = 1
+    DOWN = 2
+
+
+@dataclass
+class HostStatus:
+    """Everything `collector status` shows; `problems` explains a verdict other than healthy."""
+
+    server_id: str
+    role: str
+    verdict: Verdict = Verdict.HEALTHY
+    problems: list[str] = field(default_factory=list)
+    stream: dict[str, Any] = field(default_factory=dict)
+    chunks_waiting: int = 0
+    oldest_chunk_waiting: str = ""
+
+    def worsen(self, verdict: Verdict, problem: str) -> None:
+        self.verdict = max(self.verdict, verdict)
+        self.problems.append(problem)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "server_id": self.server_id,
+            "role": self.role,
+            "verdict": self.verdict.name.lower(),
+            "exit_code": int(self.verdict),
+            "problems": self.problems,
+            "stream": self.stream,
+            "chunks_waiting": self.chunks_waiting,
+            "oldest_chunk_waiting": self.oldest_chunk_waiting,
+        }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def stream_part(status: HostStatus, settings: Settings, now: float) -> None:
+    """Judge the stream from its health record."""
+    record = read_health(settings.state_dir / STATUS_FILE)
+    if record is None:
+        status.stream = {"running": False}
+        status.worsen(Verdict.DOWN, "the stream has never run on this host")
+        return
+    age = now - float(record.get("updated_at", 0))
+    running = (not record.get("stopped", False) and age < HEALTH_STALE_AFTER
+               and _pid_alive(int(record.get("pid", 0))))
+    last_message = float(record.get("last_message_at", 0))
+    last_tweet = float(record.get("last_tweet_at", 0))
+    status.stream = {
+        "running": running,
+        "connected": bool(record.get("connected")) and running,
+        "connected_since": record.get("connected_since", 0),
+        "last_message_age": round(now - last_message, 1) if last_message else None,
+        "last_tweet_age": round(now - last_tweet, 1) if last_tweet else None,
+        "open_chunk": record.get("open_chunk", "") if running else "",
+        "messages": record.get("messages", 0),
+        "tweets": record.get("tweets", 0),
+        "connections": record.get("connections", 0),
+        "malformed_lines": record.get("malformed_lines", 0),
+        "stalled": bool(record.get("stalled")),
+        "disk_full": bool(record.get("disk_full")),
+        "last_error": record.get("last_error", ""),
+        "health_record_age": round(age, 1),
+    }
+    if not running:
+        reason = "stopped" if record.get("stopped") else f"no update for {age:.0f} s"
+        status.worsen(Verdict.DOWN, f"the stream is not running ({reason})")
+        return
+    if record.get("disk_full"):
+        status.worsen(Verdict.DEGRADED, "data_storage_dst is full; messages wait in memory")
+    if not record.get("connected"):
+        since = max(float(record.get("last_message_at", 0)), float(record.get("started_at", 0)))
+        if now - since > DISCONNECTED_DEGRADED_AFTER:
+            status.worsen(Verdict.DEGRADED,
+                          f"not connected for {now - since:.0f} s: {record.get('last_error', '')}")
+    elif record.get("stalled"):
+        status.worsen(Verdict.DEGRADED, "connected but no tweet arrives (stall)")
+
+
+def chunks_part(status: HostStatus, settings: Settings) -> None:
+    """Closed chunks still on this host (on a secondary: not yet sent to the main)."""
+    chunks = list(iter_closed_chunks(settings.data_storage_dst))
+    status.chunks_waiting = len(chunks)
+    if chunks:
+        status.oldest_chunk_waiting = chunks[0].path.name
+
+
+def host_status(settings: Settings, now: float | None = None) -> HostStatus:
+    """The health of this host as `collector status` reports it."""
+    now = time.time() if now is None else now
+    status = HostStatus(settings.server_id, settings.role)
+    stream_part(status, settings, now)
+    chunks_part(status, settings)
+    return status
