@@ -22,6 +22,7 @@ STREAM_STALLED = "stream_stalled"
 STREAM_FAILING = "stream_failing"
 STREAM_RECOVERED = "stream_recovered"
 DISK_FULL = "disk_full"
+UPLOAD_FAILING = "upload_failing"
 
 
 class Notifier(Protocol):
