@@ -20,6 +20,7 @@ from collector.errors import CollectorError
 COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("collector.commands.stream", "capture the sampled stream into minute chunks"),
     "status": ("collector.commands.status", "tell the health of this host"),
+    "send": ("collector.commands.send", "push closed chunks to the main (secondary)"),
     "upload": ("collector.commands.upload", "upload new IDs files and day reports to OSF"),
 }
 

@@ -23,6 +23,8 @@ STREAM_FAILING = "stream_failing"
 STREAM_RECOVERED = "stream_recovered"
 DISK_FULL = "disk_full"
 UPLOAD_FAILING = "upload_failing"
+SEND_FAILING = "send_failing"
+SEND_CONFLICT = "send_conflict"
 
 
 class Notifier(Protocol):

@@ -1,0 +1,567 @@
+"""`collector send` against a real sshd + rrsync on loopback, with the real ssh and rsync.
+
+The main side is configured as production will be (restricted key line from
+`collector.send.authorized_keys_line`, dedicated account, pinned host key), so these tests
+also prove that rrsync -wo accepts every rsync option `send` uses. The CLI runs in-process
+(`collector.cli.main`) where its exact stderr line matters, and once as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector.cli import main as cli_main
+from collector.errors import LockedError, RemoteError, SettingsError
+from collector.layout import CHUNK_NAME, PART_SUFFIX, chunk_path
+from collector.send import (
+    LOCK_FILE,
+    STATE_FILE,
+    SendConflictError,
+    authorized_keys_line,
+    describe_failure,
+    load_send_state,
+    send,
+)
+from collector.settings import Settings, load_settings
+from tests.conftest import SettingsWriter
+from tests.doubles.samples import MessageFactory
+from tests.integration.sshd_fixture import (
+    MainSshd,
+    Secondary,
+    generate_key,
+    missing_requirements,
+    push_account,
+)
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVER = "srv1"
+# Old enough that no chunk is in the "current hour" the prune step protects.
+BASE = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+TWARC_META = {"url": "https://api.x.com/2/tweets/sample/stream", "version": "2.14.0",
+              "retrieved_at": "2026-01-01T00:00:00+00:00"}
+
+
+class RecordingNotifier:
+    """Keeps alerts in memory (the Notifier protocol is pure logic: no transport to fake)."""
+
+    def __init__(self) -> None:
+        self.alerts: list[tuple[str, str]] = []
+
+    def alert(self, kind: str, subject: str, body: str = "") -> None:
+        self.alerts.append((kind, subject))
+
+
+@pytest.fixture(scope="session")
+def push_user() -> Iterator[str]:
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    with push_account() as user:
+        yield user
+
+
+@pytest.fixture
+def main_sshd(push_user: str) -> Iterator[MainSshd]:
+    server = MainSshd(push_user)
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+class Site:
+    """One secondary: its settings file, data folder and chunks, pointing at `main`."""
+
+    def __init__(self, main: MainSshd, secondary: Secondary, write_settings: SettingsWriter,
+                 tmp_path: Path, **overrides: str | None) -> None:
+        self.main = main
+        self.data = tmp_path / "data"
+        self.data.mkdir(exist_ok=True)
+        values: dict[str, str | None] = {
+            "server_id": SERVER, "main_host": "127.0.0.1", "main_port": str(main.port),
+            "main_user": main.user, "ssh_identity_file": str(secondary.identity),
+            "ssh_known_hosts_file": str(secondary.known_hosts), "timezone": "UTC",
+            "data_storage_dst": str(self.data),
+        }
+        values.update(overrides)
+        self.settings_path = write_settings(**values)
+        self.factory = MessageFactory()
+        self.written = 0
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.settings_path)
+
+    @property
+    def incoming(self) -> Path:
+        return self.main.incoming / SERVER
+
+    def chunk(self, minute: int, lines: int = 5, server: str = SERVER,
+              part: bool = False) -> Path:
+        """Write a closed (or open) chunk for minute `minute` after BASE, return its path."""
+        path = chunk_path(self.data, server, BASE + timedelta(minutes=minute), self.settings
+                          .timezone)
+        if part:
+            path = path.with_name(path.name + PART_SUFFIX)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = b"".join(self._line() for _ in range(lines))
+        path.write_bytes(body)
+        return path
+
+    def _line(self) -> bytes:
+        message = self.factory.message(self.written)
+        self.written += 1
+        return orjson.dumps({**message, "__twarc": TWARC_META}) + b"\n"
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.data).as_posix()
+
+    def remote_files(self) -> dict[str, bytes]:
+        """Every file under the main's incoming/srv1 folder (hidden ones too)."""
+        return {p.relative_to(self.incoming).as_posix(): p.read_bytes()
+                for p in sorted(self.incoming.rglob("*")) if p.is_file()}
+
+    def put_on_main(self, relative: str, content: bytes) -> None:
+        """A file already on the main, owned by the push account as rsync would leave it."""
+        remote = self.incoming / relative
+        remote.parent.mkdir(parents=True, exist_ok=True)
+        remote.write_bytes(content)
+        for path in (remote, remote.parent, remote.parent.parent):
+            shutil.chown(path, self.main.user, self.main.user)
+
+    def local_chunks(self) -> list[str]:
+        return sorted(self.relative(p) for p in self.data.glob("*/*/*.jsonl"))
+
+    def state(self) -> dict[str, object]:
+        return orjson.loads((self.data / ".collector" / STATE_FILE).read_bytes())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def site(main_sshd: MainSshd, write_settings: SettingsWriter, tmp_path: Path) -> Site:
+    secondary = main_sshd.add_secondary(SERVER, tmp_path / "ssh")
+    main_sshd.start()
+    return Site(main_sshd, secondary, write_settings, tmp_path)
+
+
+def run_cli(site: Site, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
+    code = cli_main(["--settings", str(site.settings_path), "send", *extra])
+    return code, capsys.readouterr().err
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("collector send: error:")]
+
+
+# ---- the happy path ---------------------------------------------------------------------------
+
+
+def test_push_keeps_tree_sends_only_closed_chunks_and_deletes_local_copies(site: Site) -> None:
+    closed = [site.chunk(minute) for minute in (0, 1, 59, 60, 61, 24 * 60)]
+    expected = {site.relative(path): path.read_bytes() for path in closed}
+    open_chunk = site.chunk(24 * 60 + 1, part=True)
+    state_dir = site.data / ".collector"
+    state_dir.mkdir()
+    (state_dir / "stream_status.json").write_text("{}")
+    foreign = site.chunk(2, server="srv2")  # misplaced file of another server: not ours to send
+    stray = closed[0].parent / "notes.txt"
+    stray.write_text("not a chunk")
+
+    notifier = RecordingNotifier()
+    result = send(site.settings, notifier)
+
+    assert site.remote_files() == expected  # byte-identical, same day/hour tree, nothing else
+    assert sorted(result.sent) == sorted(expected)
+    assert result.bytes_sent == sum(len(data) for data in expected.values())
+    assert result.foreign == [site.relative(foreign)]
+    assert site.local_chunks() == sorted([site.relative(foreign)])
+    assert open_chunk.exists() and stray.exists()
+    assert (state_dir / "stream_status.json").exists()
+    assert notifier.alerts == []
+    # Emptied old hour/day folders are pruned; folders with files left stay.
+    assert not (site.data / "2026-01-01" / "10").exists()
+    assert (site.data / "2026-01-01" / "09").is_dir()  # still holds the srv2 chunk + stray
+    assert (site.data / "2026-01-02" / "09").is_dir()  # still holds the open chunk
+    state = site.state()
+    assert state["consecutive_failures"] == 0
+    assert state["last_success_files"] == len(expected)
+    assert state["last_success_bytes"] == result.bytes_sent
+    assert state["last_success_at"]
+
+    # A second run has nothing new and changes nothing on the main.
+    again = send(site.settings, notifier)
+    assert again.sent == [] and site.remote_files() == expected
+
+
+def test_chunk_on_the_main_is_never_half_visible(site: Site) -> None:
+    """A slow push of a big chunk: the main shows only rsync's dot-file until it is whole."""
+    big = site.chunk(0, lines=3000)  # ~3 MB
+    big_bytes = big.read_bytes()
+    assert len(big_bytes) > 2_000_000
+    part = site.chunk(1, lines=1, part=True)  # the stream writes this one during the push
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        with part.open("ab") as handle:
+            while not stop.is_set():
+                handle.write(site._line())
+                handle.flush()
+                time.sleep(0.01)
+
+    seen_names: set[str] = set()
+    bad: list[str] = []
+
+    def watch_main() -> None:
+        while not stop.is_set():
+            for path in site.incoming.rglob("*"):
+                if not path.is_file():
+                    continue
+                seen_names.add(path.name)
+                if CHUNK_NAME.match(path.name):
+                    try:
+                        data = path.read_bytes()
+                    except FileNotFoundError:
+                        continue
+                    if data != big_bytes:
+                        bad.append(f"{path.name}: {len(data)} of {len(big_bytes)} bytes")
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=keep_writing), threading.Thread(target=watch_main)]
+    for thread in threads:
+        thread.start()
+    try:
+        result = send(site.settings, RecordingNotifier(), bwlimit_kbps=1500)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+    assert bad == []
+    assert result.sent == [site.relative(big)]
+    temp_names = {name for name in seen_names if name.startswith(f".{big.name}.")}
+    assert temp_names, f"the transfer was too fast to observe: {seen_names}"
+    assert not any(CHUNK_NAME.match(name) for name in temp_names)
+    assert site.remote_files() == {site.relative(big): big_bytes}  # the .part was not sent
+
+    # Once closed, the chunk the stream was writing goes whole on the next run.
+    closed = part.with_name(part.name[: -len(PART_SUFFIX)])
+    part.rename(closed)
+    closed_bytes = closed.read_bytes()
+    send(site.settings, RecordingNotifier())
+    assert site.remote_files()[site.relative(closed)] == closed_bytes
+    assert not closed.exists()
+
+
+# ---- failures -----------------------------------------------------------------------------
+
+
+def test_main_unreachable_three_runs_then_back_every_chunk_arrives_once(
+        site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.main.stop()
+    expected: dict[str, bytes] = {}
+    for run in range(1, 4):
+        for minute in (run * 10, run * 10 + 1):  # the stream keeps producing meanwhile
+            path = site.chunk(minute)
+            expected[site.relative(path)] = path.read_bytes()
+        code, err = run_cli(site, capsys)
+        assert code == 1
+        assert error_lines(err) == [
+            f"collector send: error: cannot push to the main {site.main.user}@127.0.0.1:"
+            f"{site.main.port}: connection refused (is sshd running on the main, and is "
+            f"main_port right?); {len(expected)} chunks kept here"]
+        assert "Traceback" not in err
+        assert ("ALERT send_failing" in err) == (run == 3)
+        assert site.local_chunks() == sorted(expected)
+        state = site.state()
+        assert state["consecutive_failures"] == run
+        assert state["last_success_at"] == ""
+
+    site.main.start()
+    code, err = run_cli(site, capsys)
+    assert code == 0, err
+    assert "works again after 3 failed runs" in err
+    assert site.remote_files() == expected  # each exactly once, no temp files left over
+    assert site.local_chunks() == []
+    state = site.state()
+    assert state["consecutive_failures"] == 0 and state["last_error"] == ""
+    assert state["last_success_files"] == len(expected)
+
+    # The library alerts on the 3rd failure in a row, then once per REALERT_EVERY runs.
+    site.main.stop()
+    site.chunk(100)
+    notifier = RecordingNotifier()
+    for _ in range(3):
+        with pytest.raises(RemoteError):
+            send(site.settings, notifier, connect_timeout=2)
+    assert [kind for kind, _ in notifier.alerts] == ["send_failing"]
+    assert "3 runs in a row: connection refused" in notifier.alerts[0][1]
+
+
+def test_refused_key_is_one_line_and_deletes_nothing(
+        main_sshd: MainSshd, write_settings: SettingsWriter, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    secondary = main_sshd.add_secondary(SERVER, tmp_path / "ssh")
+    main_sshd.start()
+    rogue = tmp_path / "rogue" / "id_ed25519"
+    rogue.parent.mkdir()
+    generate_key(rogue)
+    site = Site(main_sshd, secondary, write_settings, tmp_path, ssh_identity_file=str(rogue))
+    chunks = [site.chunk(0), site.chunk(1)]
+    code, err = run_cli(site, capsys)
+    assert code == 1
+    assert error_lines(err) == [
+        f"collector send: error: cannot push to the main {main_sshd.user}@127.0.0.1:"
+        f"{main_sshd.port}: the main refused this host's SSH key (is it in the main's "
+        "authorized_keys?); 2 chunks kept here"]
+    assert all(path.exists() for path in chunks)
+    assert site.remote_files() == {}
+    assert site.state()["consecutive_failures"] == 1
+
+
+@pytest.mark.parametrize(("known_hosts", "explanation"), [
+    ("other-key", "the main's host key does not match the pinned known_hosts (main reinstalled,"
+                  " or someone else answers at that address); not connecting"),
+    ("empty", "the main's host key is not in known_hosts; pin it first (not connecting "
+              "blindly)"),
+])
+def test_host_key_mismatch_is_one_line_and_deletes_nothing(
+        site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str], known_hosts: str,
+        explanation: str) -> None:
+    pinned = tmp_path / "ssh" / "known_hosts"
+    if known_hosts == "empty":
+        pinned.write_text("")
+    else:
+        impostor = generate_key(tmp_path / "impostor_host_key").split()
+        pinned.write_text(f"[127.0.0.1]:{site.main.port} {impostor[0]} {impostor[1]}\n")
+    chunk = site.chunk(0)
+    code, err = run_cli(site, capsys)
+    assert code == 1
+    assert error_lines(err) == [
+        f"collector send: error: cannot push to the main {site.main.user}@127.0.0.1:"
+        f"{site.main.port}: {explanation}; 1 chunks kept here"]
+    assert chunk.exists() and site.remote_files() == {}
+
+
+def test_run_timeout_stops_the_push_and_keeps_the_chunk(site: Site) -> None:
+    big = site.chunk(0, lines=3000)
+    data = big.read_bytes()
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match=r"the push did not finish within 1\.5 s; "
+                                          r"1 chunks kept here$"):
+        send(site.settings, RecordingNotifier(), run_timeout=1.5, bwlimit_kbps=300)
+    assert time.monotonic() - started < 10
+    assert big.read_bytes() == data
+    # The receiver drops its temporary file when the connection dies; never a chunk name.
+    deadline = time.monotonic() + 10
+    while site.remote_files() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert site.remote_files() == {}
+    send(site.settings, RecordingNotifier())
+    assert site.remote_files() == {site.relative(big): data}
+
+
+# ---- same name on both sides --------------------------------------------------------------
+
+
+def test_identical_copy_on_main_deletes_local_different_copy_is_kept_on_both_sides(
+        site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    already = site.chunk(0)   # a previous run delivered it but was cut off before deleting
+    clash = site.chunk(1)     # same name, other content on the main
+    fresh = site.chunk(2)
+    for path, content in ((already, already.read_bytes()), (clash, b'{"other": 1}\n')):
+        site.put_on_main(site.relative(path), content)
+    clash_local = clash.read_bytes()
+    expected_on_main = {site.relative(already): already.read_bytes(),
+                        site.relative(clash): b'{"other": 1}\n',  # never overwritten
+                        site.relative(fresh): fresh.read_bytes()}
+
+    code, err = run_cli(site, capsys)
+
+    assert code == 1
+    assert error_lines(err) == [
+        f"collector send: error: 1 chunks exist on the main {site.main.user}@127.0.0.1:"
+        f"{site.main.port} with other content and were kept here (e.g. "
+        f"{site.relative(clash)}); the others were sent"]
+    assert "ALERT send_conflict" in err
+    assert site.remote_files() == expected_on_main
+    assert site.local_chunks() == [site.relative(clash)]
+    assert clash.read_bytes() == clash_local  # not deleted either
+    state = site.state()
+    assert state["conflicts"] == [site.relative(clash)]
+    assert state["consecutive_failures"] == 0  # the main was reachable
+
+    with pytest.raises(SendConflictError) as caught:
+        send(site.settings, RecordingNotifier())
+    assert caught.value.result.conflicts == [site.relative(clash)]
+
+
+# ---- the confined key -------------------------------------------------------------------------
+
+
+def test_confined_key_cannot_run_commands_leave_its_folder_or_read(
+        site: Site, tmp_path: Path) -> None:
+    settings = site.settings
+    ssh = ["ssh", "-p", str(site.main.port), "-i", str(settings.ssh_identity_file),
+           "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+           "-o", f"UserKnownHostsFile={settings.ssh_known_hosts_file}"]
+    destination = site.main.destination
+    probe = tmp_path / "probe.txt"
+    probe.write_text("probe\n")
+    outside_before = sorted(str(p) for p in site.main.root.rglob("*"))
+
+    def run(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+
+    shell = run(*ssh, destination, "id")
+    assert shell.returncode != 0 and "does not run rsync" in shell.stderr
+    assert "uid=" not in shell.stdout
+
+    rsync_e = ["-e", " ".join(ssh)]
+    escape = run("rsync", *rsync_e, str(probe), f"{destination}:../")
+    assert escape.returncode != 0 and "do not use .. in arg" in escape.stderr
+
+    read = run("rsync", *rsync_e, f"{destination}:", str(tmp_path / "pulled"))
+    assert read.returncode != 0 and "reading from write-only server is not allowed" in read.stderr
+
+    forward = run(*ssh, "-W", f"127.0.0.1:{site.main.port}", destination)
+    assert forward.returncode != 0 and "prohibited" in forward.stderr
+
+    # An absolute path is re-anchored inside the folder, never outside it.
+    absolute = run("rsync", *rsync_e, str(probe), f"{destination}:/etc/")
+    assert absolute.returncode == 0, absolute.stderr
+    assert (site.incoming / "etc" / "probe.txt").read_text() == "probe\n"
+    outside_after = sorted(str(p) for p in site.main.root.rglob("*")
+                           if not p.is_relative_to(site.incoming))
+    assert outside_after == [p for p in outside_before if not Path(p).is_relative_to(
+        site.incoming)]
+    assert not Path("/etc/probe.txt").exists()
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+
+def test_cli_as_a_real_process(site: Site) -> None:
+    chunk = site.chunk(0)
+    data = chunk.read_bytes()
+    process = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "collector"), "--settings", str(site.settings_path),
+         "send"], capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stderr
+    assert re.search(r"send to \S+ done: 1 chunks sent \(\d+ bytes\), 0 already on the main",
+                     process.stderr)
+    assert site.remote_files() == {site.relative(chunk): data}
+    assert not chunk.exists()
+
+
+def test_send_on_the_main_is_refused_with_one_line(
+        write_settings: SettingsWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_settings(role="main", main_host=None, main_user=None, osf_enabled="False",
+                          data_vault_dst=str(tmp_path / "vault"),
+                          incoming_dst=str(tmp_path / "incoming"))
+    code = cli_main(["--settings", str(path), "send"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"collector send: error: {path}: role=main: send runs on secondaries only "
+        "(the main processes its own chunks in place)")
+
+
+def test_nothing_to_send_does_not_connect(write_settings: SettingsWriter, tmp_path: Path) -> None:
+    path = write_settings(main_port="9")  # nothing listens there: connecting would fail
+    result = send(load_settings(path), RecordingNotifier())
+    assert result.sent == [] and result.rsync_runs == 0
+
+
+def test_second_send_while_one_runs_is_refused(write_settings: SettingsWriter,
+                                               tmp_path: Path) -> None:
+    settings = load_settings(write_settings())
+    settings.state_dir.mkdir(parents=True)
+    with (settings.state_dir / LOCK_FILE).open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(LockedError, match="another collector send is running"):
+            send(settings, RecordingNotifier())
+
+
+def test_missing_identity_file_is_a_credentials_error(
+        write_settings: SettingsWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_settings(ssh_identity_file=str(tmp_path / "nope"))
+    assert cli_main(["--settings", str(path), "send"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"collector send: error: ssh_identity_file {tmp_path / 'nope'} does not exist or is "
+        "not readable by this user")
+
+
+# ---- pure pieces ------------------------------------------------------------------------------
+
+
+def test_authorized_keys_line_is_the_restricted_rrsync_line() -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample srv1@fleet"
+    assert authorized_keys_line(Path("/srv/incoming"), "srv1", key) == (
+        'restrict,command="/usr/bin/rrsync -wo /srv/incoming/srv1" ' + key)
+    assert authorized_keys_line(Path("/srv/incoming"), "srv1", key, ("10.0.0.2",)).startswith(
+        'restrict,from="10.0.0.2",command=')
+    for bad_id in ("..", "a/b", ""):
+        with pytest.raises(ValueError):
+            authorized_keys_line(Path("/srv/incoming"), bad_id, key)
+    with pytest.raises(ValueError):
+        authorized_keys_line(Path("/srv/in coming"), "srv1", key)
+    with pytest.raises(ValueError):
+        authorized_keys_line(Path("/srv/incoming"), "srv1", "not a key")
+
+
+def test_rsync_temp_names_never_look_like_chunks() -> None:
+    """rsync's receiver writes `.<name>.XXXXXX` (mkstemp) next to the final file."""
+    name = "srv1_2026-01-01_10-00.jsonl"
+    for temp in (f".{name}.AbC123", f".{name}.zzzzzz"):
+        assert CHUNK_NAME.match(temp) is None
+    assert CHUNK_NAME.match(name)
+
+
+def test_describe_failure_prefers_the_specific_cause() -> None:
+    assert describe_failure(12, "/usr/bin/rrsync error: option --foo has been disabled on "
+                                "this server.\nrsync: connection unexpectedly closed", 120) == (
+        "the main's rrsync refused the push: option --foo has been disabled on this server.")
+    assert describe_failure(30, "rsync error: timeout in data send/receive (code 30)", 60) == (
+        "no data moved for 60 s (stalled link or hung main)")
+    assert describe_failure(11, "rsync: [receiver] write failed on \"x\": No space left on "
+                                "device (28)", 60) == "the main's disk is full"
+    assert describe_failure(5, "", 60) == "rsync failed with exit code 5: no message"
+
+
+def test_unreadable_state_reads_as_never_ran(tmp_path: Path) -> None:
+    path = tmp_path / STATE_FILE
+    path.write_text("{not json")
+    assert load_send_state(path).consecutive_failures == 0
+    assert load_send_state(tmp_path / "missing.json").last_success_at == ""
+
+
+def test_send_refuses_paths_that_ssh_would_split(write_settings: SettingsWriter,
+                                                 tmp_path: Path) -> None:
+    odd = tmp_path / "my keys" / "id"
+    odd.parent.mkdir()
+    odd.write_text("x")
+    settings = load_settings(write_settings(ssh_identity_file=str(odd)))
+    with pytest.raises(SettingsError, match="ssh_identity_file must not contain spaces"):
+        send(settings, RecordingNotifier())
+
+
+def test_state_dir_is_never_listed(write_settings: SettingsWriter, tmp_path: Path) -> None:
+    """Even a chunk-named file inside `.collector/` is not a chunk to send."""
+    settings = load_settings(write_settings())
+    hidden = settings.state_dir / "2026-01-01" / "10" / "srv1_2026-01-01_10-00.jsonl"
+    hidden.parent.mkdir(parents=True)
+    hidden.write_text("{}\n")
+    result = send(settings, RecordingNotifier())
+    assert result.rsync_runs == 0 and result.sent == [] and hidden.exists()
