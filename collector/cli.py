@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("collector.commands.stream", "capture the sampled stream into minute chunks"),
     "status": ("collector.commands.status", "tell the health of this host"),
     "send": ("collector.commands.send", "push closed chunks to the main (secondary)"),
+    "process": ("collector.commands.process", "merge every due hour of all servers into the vault"),
     "upload": ("collector.commands.upload", "upload new IDs files and day reports to OSF"),
 }
 

@@ -36,7 +36,8 @@ def test_defaults_and_types(write_settings: SettingsWriter) -> None:
         ({"colour": "blue"}, "unknown key colour"),
         ({"server_id": None}, "missing required key server_id"),
         ({"role": "primary"}, "role='primary' must be main or secondary"),
-        ({"timezone": "Mars/Olympus"}, "timezone='Mars/Olympus' is not a known time zone (e.g. CET, Europe/Berlin, UTC)"),
+        ({"timezone": "Mars/Olympus"},
+         "timezone='Mars/Olympus' is not a known time zone (e.g. CET, Europe/Berlin, UTC)"),
         ({"main_port": "70000"}, "main_port='70000' must be a whole number from 1 to 65535"),
         ({"backfill_minutes": "6"}, "backfill_minutes='6' must be a whole number from 0 to 5"),
         ({"backfill_minutes": "-1"}, "backfill_minutes='-1' must be a whole number from 0 to 5"),
@@ -59,7 +60,8 @@ def test_bad_settings_name_key_and_file(
     assert str(caught.value) == f"{path}: {message}"
 
 
-def test_main_needs_osf_project_when_enabled(write_settings: SettingsWriter, tmp_path: Path) -> None:
+def test_main_needs_osf_project_when_enabled(write_settings: SettingsWriter,
+                                             tmp_path: Path) -> None:
     path = write_settings(role="main", data_vault_dst=str(tmp_path / "vault"),
                           incoming_dst=str(tmp_path / "in"), OSF_key_dst=str(tmp_path))
     with pytest.raises(SettingsError, match="missing required key osf_project"):

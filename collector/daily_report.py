@@ -1,0 +1,113 @@
+"""The day report `YYYY-mm-dd_report.txt`: one tab-separated line per processed hour.
+
+Columns: `hour`, one per server id in `servers` order (distinct tweets that server captured),
+`total` (distinct tweets), `diff` (tweets not captured by every server), `diff %` (diff as a
+percentage of total, two decimals), then the merge's own counts: `duplicates` (lines whose
+tweet id was already merged, within or across servers), `chunks`, and one column per skip
+reason (`not_json`, `torn_line`, `no_data`, `bad_tweet`).
+
+The file is read by column name, so a report written before a server joined the fleet is
+still read, and rewritten with today's columns (missing cells empty) when an hour of that day
+is reprocessed. `collector report` reuses `read_report`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collector.merge import SKIP_REASONS
+from collector.outputs import write_bytes_atomic
+
+EXTRA_COLUMNS = ("duplicates", "chunks", *SKIP_REASONS)
+
+
+def report_name(day: str) -> str:
+    return f"{day}_report.txt"
+
+
+def report_columns(servers: Sequence[str]) -> tuple[str, ...]:
+    return ("hour", *servers, "total", "diff", "diff %", *EXTRA_COLUMNS)
+
+
+def diff_percent(diff: int, total: int) -> str:
+    return f"{100.0 * diff / total:.2f}" if total else "0.00"
+
+
+@dataclass(frozen=True)
+class HourLine:
+    """The report line of one hour, as numbers (the file holds their text)."""
+
+    hour: str
+    per_server: Mapping[str, int]
+    total: int
+    diff: int
+    extra: Mapping[str, int] = field(default_factory=dict)
+
+    def cells(self, columns: Sequence[str]) -> dict[str, str]:
+        values = {"hour": self.hour, "total": str(self.total), "diff": str(self.diff),
+                  "diff %": diff_percent(self.diff, self.total)}
+        values.update({server: str(n) for server, n in self.per_server.items()})
+        values.update({name: str(n) for name, n in self.extra.items()})
+        return {column: values.get(column, "") for column in columns}
+
+
+@dataclass
+class DayReport:
+    """A day report as read from disk: its header and one cell mapping per hour line."""
+
+    columns: tuple[str, ...]
+    rows: dict[str, dict[str, str]]
+
+    def hours(self) -> list[str]:
+        """Hour labels in hour order (`02` < `02b` < `03`)."""
+        return sorted(self.rows)
+
+
+def parse_report(text: str) -> DayReport:
+    """Parse the tab-separated text; lines with the wrong number of cells are dropped."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return DayReport((), {})
+    columns = tuple(lines[0].split("\t"))
+    rows: dict[str, dict[str, str]] = {}
+    for line in lines[1:]:
+        cells = line.split("\t")
+        if len(cells) == len(columns):
+            row = dict(zip(columns, cells, strict=True))
+            rows[row.get("hour", "")] = row
+    return DayReport(columns, rows)
+
+
+def read_report(path: Path) -> DayReport:
+    """The report at `path`, or an empty one when the day has none yet."""
+    try:
+        return parse_report(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return DayReport((), {})
+
+
+def render_report(report: DayReport) -> str:
+    out = ["\t".join(report.columns)]
+    for hour in report.hours():
+        row = report.rows[hour]
+        out.append("\t".join(row.get(column, "") for column in report.columns))
+    return "\n".join(out) + "\n"
+
+
+def with_hour(report: DayReport, line: HourLine, servers: Sequence[str]) -> DayReport:
+    """The report with `line` added or replacing the line of the same hour (pure)."""
+    columns = report_columns(servers)
+    rows = {hour: {column: row.get(column, "") for column in columns}
+            for hour, row in report.rows.items()}
+    rows[line.hour] = line.cells(columns)
+    return DayReport(columns, rows)
+
+
+def update_report(folder: Path, day: str, line: HourLine, servers: Sequence[str]) -> Path:
+    """Replace (or add) the hour's line in the day's report file, atomically."""
+    path = folder / report_name(day)
+    report = with_hour(read_report(path), line, servers)
+    write_bytes_atomic(path, render_report(report).encode("utf-8"))
+    return path

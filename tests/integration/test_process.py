@@ -1,0 +1,435 @@
+"""`collector process` end to end: real chunk files in, the three .xz files and the report out.
+
+The expected outputs are computed here independently, plainly, with the json and csv
+modules, from the same raw chunks (`expected_hour`), never by calling the collector's code.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import lzma
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+
+from collector.errors import CollectorError, DiskFullError, LockedError
+from collector.layout import HourKey, chunk_path
+from collector.process import LEDGER_NAME, process, process_lock
+from collector.settings import Settings, load_settings
+from tests.doubles.samples import MessageFactory
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CET = ZoneInfo("CET")
+HOUR_START = datetime(2026, 2, 3, 9, 0, tzinfo=UTC)  # 2026-02-03T10 in CET
+HOUR = HourKey("2026-02-03", "10")
+LATER = HOUR_START + timedelta(hours=3)
+
+TWEET_COLUMNS = [
+    "id", "conversation_id", "author_id", "created_at", "retrieved_at", "source", "lang",
+    "text", "reference_type", "referenced_tweet_id", "author.created_at", "author.location",
+    "author.name", "author.username", "author.verified", "author.protected",
+    "author.public_metrics.followers_count", "author.public_metrics.following_count",
+    "author.public_metrics.tweet_count", "author.public_metrics.listed_count",
+]
+USER_COLUMNS = ["author_id", "lang", *TWEET_COLUMNS[10:]]
+
+
+# ---- the independent computation -------------------------------------------------------------
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def expected_hour(sources: list[tuple[str, Path]], hour: HourKey) -> dict[str, Any]:
+    """IDs, tweets rows, users rows and report numbers, straight from the chunk files."""
+    kept: dict[int, tuple[str, list[str], bool]] = {}
+    seen_by: dict[int, set[str]] = {}
+    skipped = 0
+    for server, root in sources:
+        folder = root / hour.day / hour.hour
+        for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+            for line in path.read_bytes().split(b"\n"):
+                if not line.strip():
+                    continue
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    skipped += 1
+                    continue
+                tweet = msg.get("data") if isinstance(msg, dict) else None
+                if not isinstance(tweet, dict):
+                    skipped += 1
+                    continue
+                tweet_id = int(tweet["id"])
+                users = msg.get("includes", {}).get("users", [])
+                author = next((u for u in users if u["id"] == tweet.get("author_id")), None)
+                refs = tweet.get("referenced_tweets") or []
+                a = author or {}
+                metrics = a.get("public_metrics", {})
+                retrieved = msg.get("__twarc", {}).get("retrieved_at", "")
+                row = [_cell(v) for v in (
+                    tweet["id"], tweet.get("conversation_id"), tweet.get("author_id"),
+                    tweet.get("created_at"), retrieved, tweet.get("source"), tweet.get("lang"),
+                    tweet.get("text"), refs[0]["type"] if refs else "original",
+                    refs[0]["id"] if refs else "", a.get("created_at"), a.get("location"),
+                    a.get("name"), a.get("username"), a.get("verified"), a.get("protected"),
+                    metrics.get("followers_count"), metrics.get("following_count"),
+                    metrics.get("tweet_count"), metrics.get("listed_count"))]
+                seen_by.setdefault(tweet_id, set()).add(server)
+                if tweet_id not in kept or retrieved < kept[tweet_id][0]:
+                    kept[tweet_id] = (retrieved, row, author is not None)
+    ids = sorted(kept)
+    users: dict[int, tuple[list[str], bool]] = {}
+    for tweet_id in ids:
+        _, row, has_author = kept[tweet_id]
+        author_id = int(row[2])
+        if has_author or author_id not in users or not users[author_id][1]:
+            users[author_id] = ([row[2], row[6], *row[10:]], has_author)
+    servers = [server for server, _ in sources]
+    return {
+        "ids": [str(i) for i in ids],
+        "tweets": [kept[i][1] for i in ids],
+        "users": [users[a][0] for a in sorted(users)],
+        "per_server": {s: sum(1 for v in seen_by.values() if s in v) for s in servers},
+        "total": len(ids),
+        "diff": sum(1 for v in seen_by.values() if len(v) != len(servers)),
+        "skipped": skipped,
+    }
+
+
+def read_outputs(vault: Path, hour: HourKey) -> dict[str, Any]:
+    folder = vault / hour.day
+    prefix = hour.file_prefix
+    ids = lzma.decompress((folder / f"{prefix}_IDs.txt.xz").read_bytes()).decode()
+    tweets = list(csv.reader(io.StringIO(lzma.decompress(
+        (folder / f"{prefix}_tweets.csv.xz").read_bytes()).decode(), newline="")))
+    users = list(csv.reader(io.StringIO(lzma.decompress(
+        (folder / f"{prefix}_users.csv.xz").read_bytes()).decode(), newline="")))
+    report = (folder / f"{hour.day}_report.txt").read_text().splitlines()
+    header = report[0].split("\t")
+    lines = {line.split("\t")[0]: dict(zip(header, line.split("\t"), strict=True))
+             for line in report[1:]}
+    return {"ids": ids.splitlines(), "tweets": tweets, "users": users, "report": lines,
+            "report_header": header, "ids_text": ids}
+
+
+def assert_matches(vault: Path, hour: HourKey, sources: list[tuple[str, Path]]) -> None:
+    want = expected_hour(sources, hour)
+    got = read_outputs(vault, hour)
+    assert got["ids"] == want["ids"]
+    assert got["tweets"][0] == TWEET_COLUMNS
+    assert got["tweets"][1:] == want["tweets"]
+    assert got["users"][0] == USER_COLUMNS
+    assert got["users"][1:] == want["users"]
+    line = got["report"][hour.hour]
+    servers = [s for s, _ in sources]
+    assert got["report_header"][: len(servers) + 4] == ["hour", *servers, "total", "diff",
+                                                        "diff %"]
+    assert {s: int(line[s]) for s in servers} == want["per_server"]
+    assert int(line["total"]) == want["total"] and int(line["diff"]) == want["diff"]
+    assert line["diff %"] == f"{100 * want['diff'] / max(want['total'], 1):.2f}"
+    skipped = sum(int(line[c]) for c in ("not_json", "torn_line", "no_data", "bad_tweet"))
+    assert skipped == want["skipped"]
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+SERVERS = ("srv1", "srv2", "srv3")
+
+
+@pytest.fixture
+def main_settings(tmp_path: Path, write_settings: Callable[..., Path]) -> Settings:
+    path = write_settings(role="main", server_id="srv1", servers=",".join(SERVERS),
+                          data_vault_dst=str(tmp_path / "vault"),
+                          incoming_dst=str(tmp_path / "incoming"), osf_enabled="False",
+                          main_host=None, main_user=None)
+    return load_settings(path)
+
+
+def root_of(settings: Settings, server: str) -> Path:
+    if server == settings.server_id:
+        return settings.data_storage_dst
+    assert settings.incoming_dst is not None
+    return settings.incoming_dst / server
+
+
+def all_sources(settings: Settings) -> list[tuple[str, Path]]:
+    return [(s, root_of(settings, s)) for s in settings.servers]
+
+
+def write_chunk(settings: Settings, server: str, moment: datetime, lines: list[bytes]) -> Path:
+    path = chunk_path(root_of(settings, server), server, moment, settings.timezone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def stream_line(message: dict[str, Any], retrieved: datetime) -> bytes:
+    message = dict(message)
+    message["__twarc"] = {"url": "https://api.x.com/2/tweets/sample/stream",
+                          "version": "2.14.0", "retrieved_at": retrieved.isoformat()}
+    return orjson.dumps(message) + b"\n"
+
+
+def hostile(tweet_id: int, text: str, with_author: bool = True,
+            refs: bool = True) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": str(tweet_id), "text": text, "author_id": "100",
+                            "conversation_id": str(tweet_id), "lang": "und",
+                            "created_at": "2026-02-03T09:00:00.000Z", "source": "a, \"b\""}
+    if refs:
+        data["referenced_tweets"] = [{"type": "retweeted", "id": "1"}]
+    users = [{"id": "100", "name": "Zoë\n\"Z\"", "username": "z", "verified": False,
+              "protected": True, "created_at": "2009-01-01T00:00:00.000Z",
+              "public_metrics": {"followers_count": 1, "following_count": 2,
+                                 "tweet_count": 3, "listed_count": 4}}]
+    return {"data": data, "includes": {"users": users if with_author else []}}
+
+
+def fill_hour(settings: Settings, start: datetime = HOUR_START, tweets: int = 300) -> None:
+    """Three servers capture the same stream; srv2 misses minutes 10-19, srv3 all but 0-4."""
+    factory = MessageFactory(base_time=start)
+    for offset, server in enumerate(SERVERS):
+        for minute in range(0, 60, 5):
+            if (server == "srv2" and 10 <= minute < 20) or (server == "srv3" and minute >= 5):
+                continue
+            moment = start + timedelta(minutes=minute)
+            lines = [stream_line(factory.message(i),
+                                 moment + timedelta(seconds=i % 60, milliseconds=offset * 7))
+                     for i in range(minute * tweets // 60, (minute + 5) * tweets // 60)]
+            write_chunk(settings, server, moment, lines)
+    hard = start + timedelta(minutes=59)
+    texts = ["new\nline", "cr\rhere", 'quote "q"', "comma, here", "tab\there", "emoji 😊👍🏽",
+             "\r\n", '"', ""]
+    lines = [stream_line(hostile(10**18 + i, text, with_author=i % 2 == 0, refs=i % 3 != 0),
+                         hard) for i, text in enumerate(texts)]
+    lines += [b"not json at all\n",
+              stream_line({"errors": [{"title": "operational-disconnect"}]}, hard),
+              stream_line(hostile(10**18, "dup from srv1"), hard + timedelta(seconds=5))]
+    write_chunk(settings, "srv1", hard, [*lines, b'{"data":{"id":"99","te'])
+    write_chunk(settings, "srv2", hard, [stream_line(hostile(10**18, "dup earlier"),
+                                                     hard - timedelta(seconds=1))])
+
+
+def tree_bytes(vault: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(vault)): p.read_bytes() for p in sorted(vault.rglob("*"))
+            if p.is_file()}
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+def test_three_servers_hostile_lines_exact_outputs_and_byte_identical_rerun(
+        main_settings: Settings) -> None:
+    fill_hour(main_settings)
+    result = process(main_settings, now=LATER)
+    assert [r.hour for r in result.hours] == [HOUR]
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    assert_matches(vault, HOUR, all_sources(main_settings))
+    got = read_outputs(vault, HOUR)
+    texts = {row[0]: row[7] for row in got["tweets"][1:]}
+    assert texts[str(10**18 + 1)] == "cr\rhere" and texts[str(10**18 + 6)] == "\r\n"
+    assert texts[str(10**18)] == "dup earlier"  # retrieved first, though read last
+    first = tree_bytes(vault)
+    assert process(main_settings, now=LATER).hours == []  # nothing new: nothing done
+    process(main_settings, hour=HOUR, now=LATER)  # forced reprocessing
+    assert tree_bytes(vault) == first
+
+
+def test_pandas_reads_the_text_back_unchanged(main_settings: Settings) -> None:
+    pd = pytest.importorskip("pandas")
+    fill_hour(main_settings, tweets=60)
+    process(main_settings, now=LATER)
+    assert main_settings.data_vault_dst is not None
+    folder = main_settings.data_vault_dst / HOUR.day
+    frame = pd.read_csv(folder / f"{HOUR.file_prefix}_tweets.csv.xz", dtype=str,
+                        keep_default_na=False)
+    want = expected_hour(all_sources(main_settings), HOUR)
+    assert frame["text"].tolist() == [row[7] for row in want["tweets"]]
+    users = pd.read_csv(folder / f"{HOUR.file_prefix}_users.csv.xz", dtype=str,
+                        keep_default_na=False)
+    assert list(users.columns) == USER_COLUMNS
+
+
+def test_late_chunk_reprocesses_the_hour_with_everything(main_settings: Settings) -> None:
+    fill_hour(main_settings, tweets=120)
+    process(main_settings, now=LATER)
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    before = read_outputs(vault, HOUR)
+    # srv2 was cut off and now delivers minutes 10-19 three hours late, with a new tweet.
+    late = [stream_line(hostile(5 * 10**18, "only srv2 saw this"), HOUR_START)]
+    write_chunk(main_settings, "srv2", HOUR_START + timedelta(minutes=10), late)
+    result = process(main_settings, now=LATER + timedelta(hours=3))
+    assert [r.hour for r in result.hours] == [HOUR]
+    assert_matches(vault, HOUR, all_sources(main_settings))
+    after = read_outputs(vault, HOUR)
+    assert int(after["report"]["10"]["total"]) == int(before["report"]["10"]["total"]) + 1
+    assert len(after["report"]) == 1  # the line was replaced, not added
+
+
+def test_catch_up_processes_every_due_hour_and_retention_removes_old_chunks(
+        main_settings: Settings) -> None:
+    for h in range(4):
+        fill_hour(main_settings, HOUR_START + timedelta(hours=h), tweets=60)
+    # Two hours due; the third is within its grace period, the fourth still running.
+    now = HOUR_START + timedelta(hours=2, minutes=15)
+    result = process(main_settings, now=now)
+    assert [str(r.hour) for r in result.hours] == ["2026-02-03T10", "2026-02-03T11"]
+    result = process(main_settings, now=HOUR_START + timedelta(hours=5))
+    assert [str(r.hour) for r in result.hours] == ["2026-02-03T12", "2026-02-03T13"]
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    for h in range(4):
+        hour = HourKey("2026-02-03", f"{10 + h}")
+        assert_matches(vault, hour, all_sources(main_settings))
+    report = read_outputs(vault, HOUR)["report"]
+    assert list(report) == ["10", "11", "12", "13"]
+    # A week later the raw chunks go; the hour is not reprocessed with nothing.
+    result = process(main_settings, now=HOUR_START + timedelta(days=8))
+    assert result.pruned_hours == 4 and result.hours == []
+    assert not list(main_settings.data_storage_dst.glob("2026-02-03/*/*.jsonl"))
+    assert read_outputs(vault, HOUR)["ids"]
+    ledger = json.loads((main_settings.state_dir / LEDGER_NAME).read_text())
+    assert ledger["hours"]["2026-02-03T10"] == {"pruned": True}
+
+
+def test_clock_change_days_neither_merge_nor_lose_an_hour(main_settings: Settings) -> None:
+    # Keep spring's raw chunks until autumn, to check them against the outputs.
+    main_settings = dataclasses.replace(main_settings, raw_retention_days=3650)
+    factory = MessageFactory()
+    # Autumn: 00:00-01:59 UTC is 02:00-02:59 CEST then 02:00-02:59 CET.
+    autumn = datetime(2026, 10, 25, 0, 0, tzinfo=UTC)
+    spring = datetime(2026, 3, 29, 0, 0, tzinfo=UTC)  # 01 CET, then 03 CEST (02 skipped)
+    for base, offset in ((autumn, 0), (spring, 1000)):
+        for half in range(2):
+            moment = base + timedelta(hours=half, minutes=30)
+            write_chunk(main_settings, "srv1", moment,
+                        [stream_line(factory.message(offset + half * 10 + i), moment)
+                         for i in range(10)])
+    result = process(main_settings, now=datetime(2026, 10, 26, tzinfo=UTC))
+    assert [str(r.hour) for r in result.hours] == [
+        "2026-03-29T01", "2026-03-29T03", "2026-10-25T02", "2026-10-25T02b"]
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    first = read_outputs(vault, HourKey("2026-10-25", "02"))
+    second = read_outputs(vault, HourKey("2026-10-25", "02b"))
+    assert len(first["ids"]) == len(second["ids"]) == 10
+    assert not set(first["ids"]) & set(second["ids"])
+    assert list(first["report"]) == ["02", "02b"]
+    assert list(read_outputs(vault, HourKey("2026-03-29", "01"))["report"]) == ["01", "03"]
+    for hour in ("2026-10-25T02", "2026-10-25T02b", "2026-03-29T01", "2026-03-29T03"):
+        assert_matches(vault, HourKey.parse(hour), all_sources(main_settings))
+    with pytest.raises(CollectorError, match="does not exist"):
+        process(main_settings, hour=HourKey("2026-03-29", "02"), force=True)
+
+
+def test_named_hour_not_due_needs_force(main_settings: Settings) -> None:
+    fill_hour(main_settings, tweets=60)
+    with pytest.raises(CollectorError, match="not due"):
+        process(main_settings, hour=HOUR, now=HOUR_START + timedelta(minutes=30))
+    result = process(main_settings, hour=HOUR, force=True,
+                     now=HOUR_START + timedelta(minutes=30))
+    assert [r.hour for r in result.hours] == [HOUR]
+
+
+def test_a_second_run_at_once_is_refused(main_settings: Settings) -> None:
+    fill_hour(main_settings, tweets=60)
+    with process_lock(main_settings.state_dir), pytest.raises(LockedError):
+        process(main_settings, now=LATER)
+    assert main_settings.data_vault_dst is not None
+    assert not main_settings.data_vault_dst.exists()
+
+
+def _cli(settings: Settings, *args: str) -> list[str]:
+    return [sys.executable, "-m", "collector", "--settings", str(settings.source), *args]
+
+
+def test_sigkill_mid_run_leaves_no_half_file_and_the_rerun_completes(
+        main_settings: Settings) -> None:
+    fill_hour(main_settings, tweets=12_000)
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    folder = vault / HOUR.day
+    child = subprocess.Popen(_cli(main_settings, "process", "--hour", str(HOUR), "--force"),
+                             cwd=REPO, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None:
+        if folder.is_dir() and any(".tmp-" in p.name for p in folder.iterdir()):
+            break  # compression has started writing temporaries
+        time.sleep(0.005)
+    assert child.poll() is None, "the run ended before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    finals = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    for path in finals:  # whatever has a final name is whole
+        if path.suffix == ".xz":
+            lzma.decompress(path.read_bytes())
+    done = subprocess.run(_cli(main_settings, "process", "--hour", str(HOUR), "--force"),
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    assert_matches(vault, HOUR, all_sources(main_settings))
+
+
+def test_cli_errors_are_one_line(main_settings: Settings) -> None:
+    done = subprocess.run(_cli(main_settings, "process", "--hour", "2026-02-03T10"),
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "collector process: error: no closed chunks for hour 2026-02-03T10")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
+                    reason="needs root to mount a tiny tmpfs")
+def test_full_disk_is_a_clear_error_and_inputs_stay(tmp_path: Path,
+                                                    write_settings: Callable[..., Path]) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        settings = load_settings(write_settings(
+            role="main", server_id="srv1", servers="srv1,srv2",
+            data_vault_dst=str(small / "vault"), incoming_dst=str(tmp_path / "incoming"),
+            osf_enabled="False", main_host=None, main_user=None))
+        factory = MessageFactory(base_time=HOUR_START)
+        write_chunk(settings, "srv1", HOUR_START,
+                    [stream_line(factory.message(i), HOUR_START) for i in range(3000)])
+        chunks = settings.data_storage_dst / "2026-02-03"
+        before = tree_bytes(chunks)
+        with pytest.raises(DiskFullError, match="disk full"):
+            process(settings, now=LATER)
+        assert tree_bytes(chunks) == before
+        leftovers = [p for p in (small / "vault").rglob("*") if p.is_file()]
+        assert leftovers == []
+        done = subprocess.run(_cli(settings, "process", "--hour", str(HOUR)), cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines()[-1].startswith(
+            "collector process: error: disk full while writing")
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

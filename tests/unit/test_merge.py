@@ -1,0 +1,195 @@
+"""Pure merge logic: CSV cells that survive csv/pandas, duplicates, users, skips, the report."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import orjson
+import pandas as pd
+import pytest
+
+from collector import daily_report
+from collector.merge import (
+    SKIP_BAD_TWEET,
+    SKIP_NO_DATA,
+    SKIP_NOT_JSON,
+    SKIP_TORN,
+    TWEET_COLUMNS,
+    USER_COLUMNS,
+    HourMerge,
+    blocks_of,
+    header_line,
+    tweet_row,
+    user_row,
+    users_in_order,
+)
+
+HOSTILE_TEXTS = [
+    "line one\nline two",
+    "carriage\rreturn and \r\n both",
+    'she said "hi", then left',
+    "comma, separated, values",
+    "tab\there",
+    "emoji 😊💙👍 and 中文",
+    "  leading and trailing spaces  ",
+    '"',
+    ",",
+    "",
+    "\\N",
+    "NA",
+]
+
+
+def message(tweet_id: int, text: str = "hello", author: str = "42",
+            retrieved_at: str = "2026-01-01T00:00:01+00:00", include_author: bool = True,
+            refs: list[dict[str, str]] | None = None, followers: Any = 10) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": str(tweet_id), "text": text, "author_id": author,
+                            "conversation_id": str(tweet_id),
+                            "created_at": "2026-01-01T00:00:00.000Z", "lang": "en",
+                            "source": "Twitter Web App"}
+    if refs is not None:
+        data["referenced_tweets"] = refs
+    msg: dict[str, Any] = {"data": data, "includes": {}}
+    if include_author:
+        msg["includes"]["users"] = [{
+            "id": author, "name": "Name, \"the\" one", "username": "user" + author,
+            "created_at": "2010-01-01T00:00:00.000Z", "location": "Here\nThere",
+            "protected": False, "verified": True,
+            "public_metrics": {"followers_count": followers, "following_count": 2,
+                               "tweet_count": 3, "listed_count": 0},
+        }]
+    msg["__twarc"] = {"url": "u", "version": "2.14.0", "retrieved_at": retrieved_at}
+    return msg
+
+
+def chunk(*messages: dict[str, Any] | bytes) -> bytes:
+    return b"".join(m if isinstance(m, bytes) else orjson.dumps(m) + b"\n" for m in messages)
+
+
+def parse_rows(data: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXTS)
+def test_hostile_text_round_trips_through_csv_and_pandas(text: str) -> None:
+    merge = HourMerge(("a",))
+    merge.add_chunk(0, chunk(message(1, text)))
+    record = merge.records[1]
+    data = header_line(TWEET_COLUMNS) + tweet_row(record)
+    [header, row] = parse_rows(data)
+    assert header == list(TWEET_COLUMNS)
+    assert row[TWEET_COLUMNS.index("text")] == text
+    assert row[TWEET_COLUMNS.index("author.location")] == "Here\nThere"
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    assert frame["text"].tolist() == [text]
+    assert frame["author.name"].tolist() == ['Name, "the" one']
+
+
+def test_row_values_booleans_integers_references_and_users_row() -> None:
+    merge = HourMerge(("a",))
+    merge.add_chunk(0, chunk(message(7, refs=[{"type": "quoted", "id": "5"},
+                                              {"type": "replied_to", "id": "6"}],
+                                     followers=123.0)))
+    [row] = parse_rows(tweet_row(merge.records[7]))
+    values = dict(zip(TWEET_COLUMNS, row, strict=True))
+    assert values["reference_type"] == "quoted" and values["referenced_tweet_id"] == "5"
+    assert values["author.verified"] == "True" and values["author.protected"] == "False"
+    assert values["author.public_metrics.followers_count"] == "123"  # never 123.0
+    assert values["retrieved_at"] == "2026-01-01T00:00:01+00:00"
+    [user] = parse_rows(user_row(merge.records[7]))
+    assert dict(zip(USER_COLUMNS, user, strict=True)) == {
+        "author_id": "42", "lang": "en", **{k: values[k] for k in USER_COLUMNS[2:]}}
+
+
+def test_no_referenced_tweets_is_original_and_missing_author_leaves_cells_empty() -> None:
+    merge = HourMerge(("a",))
+    merge.add_chunk(0, chunk(message(8, include_author=False)))
+    values = dict(zip(TWEET_COLUMNS, parse_rows(tweet_row(merge.records[8]))[0], strict=True))
+    assert values["reference_type"] == "original" and values["referenced_tweet_id"] == ""
+    assert values["author_id"] == "42"
+    assert all(values[c] == "" for c in TWEET_COLUMNS[10:])
+
+
+def test_duplicate_keeps_earliest_retrieval_and_counts_servers_once() -> None:
+    merge = HourMerge(("a", "b", "c"))
+    merge.add_chunk(0, chunk(message(1, "late", retrieved_at="2026-01-01T00:00:05+00:00"),
+                             message(2), message(2)))
+    merge.add_chunk(1, chunk(message(1, "early", retrieved_at="2026-01-01T00:00:02+00:00"),
+                             message(3)))
+    merge.add_chunk(2, chunk(message(1, "latest", retrieved_at="2026-01-01T00:00:09+00:00")))
+    assert sorted(merge.records) == [1, 2, 3]
+    assert "early" in tweet_row(merge.records[1]).decode()
+    assert merge.duplicates == 3
+    assert merge.server_counts() == [2, 2, 1]
+    assert merge.diff() == 2  # only tweet 1 was captured by all three
+
+
+def test_users_come_from_each_authors_latest_tweet_that_carries_the_author() -> None:
+    merge = HourMerge(("a",))
+    merge.add_chunk(0, chunk(message(30, author="9", followers=1),
+                             message(10, author="10", followers=2),
+                             message(20, author="9", followers=3),
+                             message(40, author="9", include_author=False),
+                             message(50, author="77", include_author=False)))
+    users = [parse_rows(user_row(r))[0] for r in users_in_order(merge.records,
+                                                                 merge.sorted_ids())]
+    assert [u[0] for u in users] == ["9", "10", "77"]  # numeric order, not text order
+    assert users[0][USER_COLUMNS.index("author.public_metrics.followers_count")] == "1"
+    assert users[2][2:] == [""] * 10
+
+
+def test_bad_lines_are_counted_by_reason_and_never_fatal() -> None:
+    merge = HourMerge(("a",))
+    data = chunk(
+        message(1),
+        b"this is not json\n",
+        orjson.dumps({"errors": [{"title": "operational-disconnect"}]}) + b"\n",
+        orjson.dumps({"data": {"text": "no id"}}) + b"\n",
+        b"[1, 2]\n",
+        b"\r\n",
+        orjson.dumps(message(2))[:40],  # torn last line, no newline
+    )
+    merge.add_chunk(0, data)
+    assert sorted(merge.records) == [1]
+    assert merge.skipped == {SKIP_NOT_JSON: 1, SKIP_NO_DATA: 2, SKIP_BAD_TWEET: 1,
+                             SKIP_TORN: 1}
+
+
+def test_json_that_orjson_refuses_is_read_by_the_stdlib() -> None:
+    merge = HourMerge(("a",))
+    big = b'{"data":{"id":"5","text":"x","author_id":"1","n":123456789012345678901234567890}}\n'
+    merge.add_chunk(0, big)
+    assert list(merge.records) == [5]
+
+
+def test_blocks_depend_only_on_the_bytes() -> None:
+    rows = [b"%d,row\n" % i for i in range(1000)]
+    blocks = list(blocks_of(rows, 100, b"h\n"))
+    assert b"".join(blocks) == b"h\n" + b"".join(rows)
+    assert all(len(b) >= 100 for b in blocks[:-1])
+    assert blocks == list(blocks_of(iter(rows), 100, b"h\n"))
+
+
+def test_report_line_replaced_and_hours_in_order() -> None:
+    servers = ("s1", "s2")
+    report = daily_report.DayReport((), {})
+    for hour, total in (("03", 5), ("02b", 4), ("02", 3), ("03", 6)):
+        report = daily_report.with_hour(
+            report, daily_report.HourLine(hour, {"s1": total, "s2": 1}, total, total - 1,
+                                          {"duplicates": 2}), servers)
+    text = daily_report.render_report(report)
+    lines = text.splitlines()
+    assert lines[0].split("\t")[:6] == ["hour", "s1", "s2", "total", "diff", "diff %"]
+    assert [line.split("\t")[0] for line in lines[1:]] == ["02", "02b", "03"]
+    assert lines[3].split("\t")[:6] == ["03", "6", "1", "6", "5", "83.33"]
+    assert daily_report.parse_report(text).rows["02b"]["duplicates"] == "2"
+
+
+def test_report_written_before_a_server_joined_is_still_read() -> None:
+    old = "hour\ts1\ttotal\tdiff\tdiff %\n01\t9\t9\t0\t0.00\n"
+    report = daily_report.with_hour(daily_report.parse_report(old),
+                                    daily_report.HourLine("02", {"s1": 1, "s2": 1}, 1, 0),
+                                    ("s1", "s2"))
+    assert report.rows["01"]["s1"] == "9" and report.rows["01"]["s2"] == ""
