@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("collector.commands.send", "push closed chunks to the main (secondary)"),
     "process": ("collector.commands.process", "merge every due hour of all servers into the vault"),
     "upload": ("collector.commands.upload", "upload new IDs files and day reports to OSF"),
+    "report": ("collector.commands.report", "the day's report table and coverage plot"),
 }
 
 

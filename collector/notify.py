@@ -23,6 +23,7 @@ STREAM_FAILING = "stream_failing"
 STREAM_RECOVERED = "stream_recovered"
 DISK_FULL = "disk_full"
 UPLOAD_FAILING = "upload_failing"
+PROCESS_FAILING = "process_failing"
 SEND_FAILING = "send_failing"
 SEND_CONFLICT = "send_conflict"
 
@@ -42,6 +43,23 @@ class LogNotifier:
         log.warning("ALERT %s on %s: %s", kind, self.server_id, subject)
 
 
+class FanOutNotifier:
+    """Hands every alert to several notifiers (the log, and email when it is on)."""
+
+    def __init__(self, *notifiers: Notifier) -> None:
+        self.notifiers = notifiers
+
+    def alert(self, kind: str, subject: str, body: str = "") -> None:
+        for notifier in self.notifiers:
+            notifier.alert(kind, subject, body)
+
+
 def make_notifier(settings: Settings) -> Notifier:
-    """The notifier this host's settings ask for."""
-    return LogNotifier(settings.server_id)
+    """Every alert goes to the log; with `notifications=True` it is also emailed."""
+    to_log = LogNotifier(settings.server_id)
+    if not settings.notifications:
+        return to_log
+    # Imported here so that processes with mail off never load smtplib and ssl for it.
+    from collector.mail import EmailNotifier
+
+    return FanOutNotifier(to_log, EmailNotifier(settings))

@@ -1,0 +1,326 @@
+"""Alert mail through a real SMTP server on loopback (aiosmtpd) with STARTTLS and login.
+
+The server requires STARTTLS before AUTH and AUTH before MAIL, like a real submission
+server, so every delivered mail here proves that the client upgraded to TLS (trusting a
+throwaway self-signed certificate through `COLLECTOR_SMTP_CAFILE`) and logged in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from collector import notify
+from collector.mail import (
+    ALERT_STATE_FILE,
+    CAFILE_ENV,
+    EmailNotifier,
+    MailCredentials,
+    send_mail,
+)
+from collector.notify import FanOutNotifier, LogNotifier, make_notifier
+from collector.settings import Settings, load_settings
+from tests.conftest import SettingsWriter
+from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
+
+pytestmark = pytest.mark.integration
+
+SMTP_USER = "alerts@example.org"
+SMTP_PASSWORD = "Smtp-Pa55word-7f3a9c"
+BEARER_TOKEN = "test-token-1"  # what tests/conftest.py writes into twitter_api.txt
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_self_signed_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(autouse=True)
+def trust_test_ca(monkeypatch: pytest.MonkeyPatch, tls_files: tuple[Path, Path]) -> None:
+    monkeypatch.setenv(CAFILE_ENV, str(tls_files[0]))
+
+
+@pytest.fixture
+def smtp(tls_files: tuple[Path, Path], tmp_path: Path) -> Iterator[SmtpDouble]:
+    cert, key = tls_files
+    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key,
+                    maildir=tmp_path / "maildir") as server:
+        yield server
+
+
+def write_mail_credentials(folder: Path, port: int, password: str = SMTP_PASSWORD,
+                           starttls: str | None = None) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / "email_credentials.txt"
+    lines = ["server=127.0.0.1", f"port={port}", f"user={SMTP_USER}",
+             f"password={password}", "fromaddr=collector@example.org",
+             "toaddr=team@example.org, oncall@example.org"]
+    if starttls is not None:
+        lines.append(f"starttls={starttls}")
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def mail_settings(write_settings: SettingsWriter, tmp_path: Path, port: int,
+                  password: str = SMTP_PASSWORD, notifications: bool = True,
+                  starttls: str | None = None) -> Settings:
+    write_mail_credentials(tmp_path / "mailkeys", port, password, starttls)
+    path = write_settings(notifications=str(notifications),
+                          email_credentials_dst=str(tmp_path / "mailkeys"))
+    return load_settings(path)
+
+
+def free_port() -> int:
+    """A port on which nothing listens (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def email_notifier_of(notifier: notify.Notifier) -> EmailNotifier:
+    assert isinstance(notifier, FanOutNotifier)
+    found = [n for n in notifier.notifiers if isinstance(n, EmailNotifier)]
+    assert len(found) == 1
+    return found[0]
+
+
+def all_text(smtp: SmtpDouble) -> str:
+    return "\n".join(message.as_string() for message in smtp.messages)
+
+
+def test_alert_is_mailed_over_starttls_with_login(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = mail_settings(write_settings, tmp_path, smtp.port)
+    caplog.set_level(logging.INFO)
+    notifier = make_notifier(settings)
+    notifier.alert(notify.STREAM_STALLED, "no tweet for 300 s",
+                   "The connection is up but only heartbeats arrive.")
+    email_notifier_of(notifier).wait(30)
+
+    [message] = smtp.wait_for(1)
+    assert message["Subject"] == "[collector srv1] stream_stalled: no tweet for 300 s"
+    assert message["From"] == "collector@example.org"
+    assert message["To"] == "team@example.org, oncall@example.org"
+    body = message.get_content()
+    assert "no tweet for 300 s" in body
+    assert "The connection is up but only heartbeats arrive." in body
+    assert "host:   srv1 (secondary)" in body
+    [(mail_from, rcpt_tos, over_tls)] = smtp.envelopes
+    assert (mail_from, rcpt_tos, over_tls) == (
+        "collector@example.org", ["team@example.org", "oncall@example.org"], True)
+    assert (smtp.logins[-1][1]) is True  # the accepted login
+    # Every alert is logged too, mailed or not.
+    assert "ALERT stream_stalled on srv1: no tweet for 300 s" in caplog.text
+    assert "alert stream_stalled emailed" in caplog.text
+    assert len(list((tmp_path / "maildir").glob("*.eml"))) == 1
+    assert SMTP_PASSWORD not in all_text(smtp) + caplog.text
+
+
+def test_same_kind_is_mailed_once_an_hour_across_notifiers(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = mail_settings(write_settings, tmp_path, smtp.port)
+    caplog.set_level(logging.INFO)
+    now = [1_800_000_000.0]
+    first = EmailNotifier(settings, clock=lambda: now[0], background=False)
+    # A second notifier stands for another process (cron's upload vs. the stream): the
+    # rule lives in the shared state file, not in memory.
+    second = EmailNotifier(settings, clock=lambda: now[0], background=False)
+
+    first.alert(notify.STREAM_STALLED, "no tweet for 300 s")
+    now[0] += 1800
+    second.alert(notify.STREAM_STALLED, "no tweet for 600 s")
+    assert len(smtp.wait_for(1)) == 1
+    assert "alert stream_stalled not emailed again: already sent 1800 s ago" in caplog.text
+
+    second.alert(notify.UPLOAD_FAILING, "OSF upload failing: 503")  # another kind: sent
+    now[0] += 1801  # an hour and a second after the first stalled mail
+    first.alert(notify.STREAM_STALLED, "no tweet for 3900 s")
+    messages = smtp.wait_for(3)
+    assert [m["Subject"] for m in messages] == [
+        "[collector srv1] stream_stalled: no tweet for 300 s",
+        "[collector srv1] upload_failing: OSF upload failing: 503",
+        "[collector srv1] stream_stalled: no tweet for 3900 s",
+    ]
+    assert (settings.state_dir / ALERT_STATE_FILE).is_file()
+
+
+def test_concurrent_processes_send_one_mail(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path) -> None:
+    """Four processes raise the same alert at once: the locked state file lets one mail out."""
+    settings = mail_settings(write_settings, tmp_path, smtp.port)
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from collector.settings import load_settings\n"
+        "from collector.notify import make_notifier\n"
+        "make_notifier(load_settings(__import__('pathlib').Path(sys.argv[1])))"
+        ".alert('process_failing', 'merge failed')\n"
+    )
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(settings.source)],
+                                cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+               for _ in range(4)]
+    outputs = [worker.communicate(timeout=60)[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0, 0, 0]
+    assert len(smtp.wait_for(1)) == 1
+    time.sleep(0.3)  # a late second mail would have arrived by now
+    assert len(smtp.messages) == 1
+    assert sum("already sent" in output for output in outputs) == 3
+
+
+def test_dead_mail_server_is_logged_and_never_raises(
+        write_settings: SettingsWriter, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    settings = mail_settings(write_settings, tmp_path, port)
+    caplog.set_level(logging.INFO)
+    notifier = EmailNotifier(settings, background=False)
+    notifier.alert(notify.STREAM_CRASHED, "the previous run ended without a clean stop")
+    assert (f"alert stream_crashed not emailed: cannot send through 127.0.0.1:{port}: "
+            "Connection refused") in caplog.text
+    # The failed mail does not count as sent: the next occurrence tries again.
+    caplog.clear()
+    notifier.alert(notify.STREAM_CRASHED, "again")
+    assert "Connection refused" in caplog.text
+    assert "already sent" not in caplog.text
+
+
+def test_stream_command_succeeds_with_mail_server_down(
+        write_settings: SettingsWriter, tmp_path: Path) -> None:
+    """`collector stream` with no API and no mail server: alerts fail in the log, the
+    command itself starts, stops cleanly on SIGTERM and exits 0."""
+    write_mail_credentials(tmp_path / "mailkeys", free_port())
+    settings_path = write_settings(notifications="True",
+                                   email_credentials_dst=str(tmp_path / "mailkeys"))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "collector", "--settings", str(settings_path), "stream"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        started = (tmp_path / "data" / ".collector")
+        while time.monotonic() < deadline and not any(started.glob("*")):
+            time.sleep(0.1)
+        time.sleep(1.0)  # let the started alert go through its (failing) delivery
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "alert stream_started not emailed: cannot send through 127.0.0.1:" in stderr
+    assert "Connection refused" in stderr
+    assert "Traceback" not in stderr
+    assert SMTP_PASSWORD not in stderr and BEARER_TOKEN not in stderr
+
+
+def test_wrong_password_is_logged_without_the_password(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    wrong = "Wrong-Pa55word-0000"
+    settings = mail_settings(write_settings, tmp_path, smtp.port, password=wrong)
+    caplog.set_level(logging.DEBUG)
+    EmailNotifier(settings, background=False).alert(notify.STREAM_STOPPED, "stream stopped")
+    assert "alert stream_stopped not emailed: cannot send through 127.0.0.1:" in caplog.text
+    assert "login refused (535 5.7.8 Authentication credentials invalid); check user and " \
+           "password" in caplog.text
+    assert smtp.logins and not any(ok for _, ok in smtp.logins)
+    assert smtp.messages == []
+    assert wrong not in caplog.text and SMTP_PASSWORD not in caplog.text
+
+
+def test_notifications_off_sends_nothing(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path) -> None:
+    settings = mail_settings(write_settings, tmp_path, smtp.port, notifications=False)
+    notifier = make_notifier(settings)
+    assert isinstance(notifier, LogNotifier)
+    notifier.alert(notify.STREAM_STALLED, "no tweet for 300 s")
+    assert smtp.wait_for(1, timeout=0.5) == []
+    assert not (settings.state_dir / ALERT_STATE_FILE).exists()
+
+
+def test_secrets_in_an_alert_text_are_blanked(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path) -> None:
+    settings = mail_settings(write_settings, tmp_path, smtp.port)
+    EmailNotifier(settings, background=False).alert(
+        notify.STREAM_FAILING, f"HTTP 401 with token {BEARER_TOKEN}",
+        f"debug dump: password={SMTP_PASSWORD}")
+    [message] = smtp.wait_for(1)
+    text = message.as_string()
+    assert BEARER_TOKEN not in text and SMTP_PASSWORD not in text
+    assert "[redacted]" in message["Subject"] and "[redacted]" in message.get_content()
+
+
+def test_missing_credentials_file_is_logged(
+        write_settings: SettingsWriter, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "nokeys").mkdir()
+    settings = load_settings(write_settings(notifications="True",
+                                            email_credentials_dst=str(tmp_path / "nokeys")))
+    EmailNotifier(settings, background=False).alert(notify.DISK_FULL, "disk full")
+    assert "alert disk_full not emailed" in caplog.text
+    assert "email_credentials.txt does not exist" in caplog.text
+
+
+def test_starttls_off_talks_plain_smtp(tmp_path: Path) -> None:
+    """`starttls=False` for a relay without TLS (e.g. a local MTA): the mail goes in clear."""
+    with SmtpDouble() as plain:
+        credentials = MailCredentials("127.0.0.1", plain.port, "", "", "a@example.org",
+                                      ("b@example.org",), starttls=False)
+        send_mail(credentials, "plain", "hello", timeout=10)
+        [message] = plain.wait_for(1)
+    assert message["Subject"] == "plain"
+    assert plain.envelopes[0][2] is False
+
+
+def test_starttls_required_but_not_offered_fails(tmp_path: Path) -> None:
+    """With the default `starttls=True` the client refuses to log in over plain text."""
+    import smtplib
+
+    with SmtpDouble() as plain:
+        credentials = MailCredentials("127.0.0.1", plain.port, "u", "p", "a@example.org",
+                                      ("b@example.org",))
+        with pytest.raises(smtplib.SMTPNotSupportedError):
+            send_mail(credentials, "x", "y", timeout=10)
+        assert plain.messages == []
+
+
+def test_untrusted_certificate_is_refused(
+        smtp: SmtpDouble, monkeypatch: pytest.MonkeyPatch, write_settings: SettingsWriter,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Without the test CA the system trust store rejects the self-signed certificate."""
+    monkeypatch.delenv(CAFILE_ENV)
+    settings = mail_settings(write_settings, tmp_path, smtp.port)
+    EmailNotifier(settings, background=False).alert(notify.STREAM_STARTED, "started")
+    assert "TLS failed: CERTIFICATE_VERIFY_FAILED" in caplog.text
+    assert smtp.messages == []
+
+
+def test_silent_mail_server_times_out_without_holding_the_caller(
+        write_settings: SettingsWriter, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A server that accepts TCP and never greets: `alert` returns at once (delivery runs on
+    a worker thread) and the worker gives up after its timeout with one log line."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        settings = mail_settings(write_settings, tmp_path, silent.getsockname()[1])
+        notifier = EmailNotifier(settings, timeout=0.5)
+        started = time.monotonic()
+        notifier.alert(notify.STREAM_STALLED, "no tweet for 300 s")
+        assert time.monotonic() - started < 0.3
+        notifier.wait(10)
+    assert "alert stream_stalled not emailed: cannot send through 127.0.0.1:" in caplog.text
+    assert "timed out" in caplog.text
