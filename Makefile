@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := jq xz-utils rsync openssh-server openssh-client
+DEBIAN_PACKAGES := jq xz-utils rsync openssh-server openssh-client openssl
 LAB_SECONDS ?= 60
 
 .PHONY: all deps venv lint test unit integration bench bench-stream bench-process lab lab-down clean
@@ -53,7 +53,7 @@ lab: deps venv
 	$(PY) -m tests.lab.local --seconds $(LAB_SECONDS)
 
 lab-down:
-	$(PY) -m tests.lab.local --down
+	@echo "the one-machine lab stops by itself; nothing to stop"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
