@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import threading
@@ -30,6 +31,8 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # `kill -USR1` prints every thread's stack to the journal: the way to see a stuck stream.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     summary = run_stream(settings, make_notifier(settings), stop)
     log.info("stopped after %d messages (%d tweets) in %d connection(s); %d chunk(s) closed",
              summary.messages, summary.tweets, summary.connections, summary.chunks_closed)

@@ -114,8 +114,8 @@ class MessageFactory:
         tweet_id = str(snowflake(position, self.base_ms))
         data = _pick(tweet_src, self.tweet_fields)
         data["id"] = tweet_id
-        if "edit_history_tweet_ids" in data:
-            data["edit_history_tweet_ids"] = [tweet_id]
+        # The API always sends the edit history (a default field); older samples lack it.
+        data["edit_history_tweet_ids"] = [tweet_id]
         if "created_at" in data:
             millis = self.base_ms + position * 10
             data["created_at"] = (

@@ -58,9 +58,16 @@ class StreamRun:
         return self
 
     def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; a stream that does not stop dumps its threads into the log."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            self.kill()
+            raise AssertionError(f"collector stream did not stop:\n{self.log}") from None
 
     def kill(self) -> None:
         assert self.process is not None
