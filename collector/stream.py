@@ -96,7 +96,9 @@ def run_stream(settings: Settings, notifier: notify.Notifier,
     health_file = HealthFile(health_path)
     writer = ChunkWriter(settings.data_storage_dst, settings.server_id, settings.timezone,
                          started_at=time.time())
-    inbox: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+    # queue.Queue, not SimpleQueue: SimpleQueue.get(timeout=...) in the main thread was seen
+    # to block for good once SIGTERM's handler ran during the wait (CPython 3.11).
+    inbox: queue.Queue[tuple[float, bytes]] = queue.Queue()
 
     def deliver(received_at: float, message: dict[str, Any]) -> None:
         health.messages += 1
@@ -139,7 +141,7 @@ class _WriterLoop:
 
     def __init__(self, settings: Settings, notifier: notify.Notifier, writer: ChunkWriter,
                  health: StreamHealth, health_file: HealthFile,
-                 inbox: queue.SimpleQueue[tuple[float, bytes]], capture: Capture) -> None:
+                 inbox: queue.Queue[tuple[float, bytes]], capture: Capture) -> None:
         self.settings = settings
         self.notifier = notifier
         self.writer = writer

@@ -25,13 +25,28 @@ TOKEN = "test-token-1"
 BACKOFF_SCALE = "0.01"
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float, what: str,
+             context: Callable[[], str] | None = None) -> None:
+    """Poll `condition`; on time-out fail with `context()` (logs) to say why."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    detail = f"\n{context()}" if context else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
+
+
+def explain(api: FakeStreamAPI, run: StreamRun) -> Callable[[], str]:
+    """What the fake and the collector saw, for a failed wait."""
+
+    def text() -> str:
+        connections = "\n".join(
+            f"  {c['id']} {c['status']} whole={c['whole_count']} events={c['events']}"
+            for c in api.connection_log())
+        return f"fake connections:\n{connections}\ncollector log:\n{run.log[-4000:]}"
+
+    return text
 
 
 def canonical(message: dict[str, Any]) -> bytes:

@@ -21,6 +21,7 @@ from tests.integration.stream_harness import (
     TOKEN,
     StreamRun,
     assert_exactly_once,
+    explain,
     quiesce,
     wait_for,
 )
@@ -64,12 +65,14 @@ def capture_through(api: FakeStreamAPI, run: StreamRun, *faults: Fault,
                     connections_needed: int = 2) -> int:
     """Stream, inject the faults, wait for a healthy connection after them, stop, check."""
     run.start()
-    wait_for(lambda: sent(api) >= 30, 15, "the first messages")
+    wait_for(lambda: sent(api) >= 30, 60, "the first messages",
+             explain(api, run))
     api.inject(*faults)
-    wait_for(lambda: not api.pending_faults(), 30, "the faults to be played")
+    wait_for(lambda: not api.pending_faults(), 60, "the faults to be played",
+             explain(api, run))
     wait_for(lambda: len([c for c in connections(api) if c["status"] == 200])
-             >= connections_needed and streamed_after(api, 20), 30,
-             "a healthy connection after the faults")
+             >= connections_needed and streamed_after(api, 20), 60,
+             "a healthy connection after the faults", explain(api, run))
     quiesce(api)
     assert run.stop() == 0, run.log
     return assert_exactly_once(api, run)
@@ -79,7 +82,8 @@ def test_plain_capture_and_clean_stop(write_settings: SettingsWriter, api: FakeS
                                       tmp_path: Path) -> None:
     run = make_run(write_settings, api, tmp_path)
     run.start()
-    wait_for(lambda: sent(api) >= 100, 15, "100 messages")
+    wait_for(lambda: sent(api) >= 100, 60, "100 messages",
+             explain(api, run))
     code, status = run.status()
     assert code == 0, status
     assert status["stream"]["connected"] is True
@@ -184,14 +188,17 @@ def test_heartbeat_only_stall_is_degraded_and_alerted(write_settings: SettingsWr
                                                       tmp_path: Path) -> None:
     run = make_run(write_settings, api, tmp_path, stall_seconds="2")
     run.start()
-    wait_for(lambda: sent(api) >= 20, 15, "the first messages")
+    wait_for(lambda: sent(api) >= 20, 60, "the first messages",
+             explain(api, run))
     api.inject(Fault("heartbeat_stall", seconds=30))
-    wait_for(lambda: "ALERT stream_stalled" in run.log, 15, "the stall alert")
+    wait_for(lambda: "ALERT stream_stalled" in run.log, 60, "the stall alert",
+             explain(api, run))
     code, status = run.status()
     assert code == 1, status
     assert status["stream"]["stalled"] is True
     api.clear_faults()  # the collector reconnects after the alert; tweets flow again
-    wait_for(lambda: run.status()[0] == 0, 20, "the stream to be healthy again")
+    wait_for(lambda: run.status()[0] == 0, 60, "the stream to be healthy again",
+             explain(api, run))
     quiesce(api, settle=1.0)
     assert run.stop() == 0
     assert_exactly_once(api, run)
@@ -202,7 +209,8 @@ def test_sigkill_then_restart_recovers_the_open_chunk(write_settings: SettingsWr
                                                       tmp_path: Path) -> None:
     run = make_run(write_settings, api, tmp_path)
     run.start()
-    wait_for(lambda: sent(api) >= 200, 20, "200 messages")
+    wait_for(lambda: sent(api) >= 200, 60, "200 messages",
+             explain(api, run))
     time.sleep(2.5)  # past one fsync interval
     run.kill()
     parts = run.part_files()
@@ -210,9 +218,11 @@ def test_sigkill_then_restart_recovers_the_open_chunk(write_settings: SettingsWr
     kept_before = len(parts[0].read_bytes().splitlines())
     assert kept_before > 0
     run.start()
-    wait_for(lambda: not any(p in run.part_files() for p in parts), 15, "recovery")
+    wait_for(lambda: not any(p in run.part_files() for p in parts), 60, "recovery",
+             explain(api, run))
     assert "ALERT stream_crashed" in run.log
-    wait_for(lambda: streamed_after(api, 30), 15, "the restarted stream")
+    wait_for(lambda: streamed_after(api, 30), 60, "the restarted stream",
+             explain(api, run))
     quiesce(api)
     assert run.stop() == 0
     # A kill loses at most what was not yet written; nothing is invented or doubled.
@@ -240,12 +250,15 @@ def test_full_disk_alerts_holds_messages_and_resumes(write_settings: SettingsWri
             handle.write(b"\0" * (1024 * 1024 - 100 * 1024))
         run = make_run(write_settings, api, tmp_path, data_dir=disk / "data")
         run.start()
-        wait_for(lambda: "ALERT disk_full" in run.log, 30, "the disk-full alert")
+        wait_for(lambda: "ALERT disk_full" in run.log, 60, "the disk-full alert",
+             explain(api, run))
         assert "is full" in run.log
-        wait_for(lambda: run.status()[1]["stream"]["disk_full"] is True, 10, "status")
+        wait_for(lambda: run.status()[1]["stream"]["disk_full"] is True, 60, "status",
+             explain(api, run))
         assert run.status()[0] == 1
         filler.unlink()  # space returns
-        wait_for(lambda: "has room again" in run.log, 15, "the recovery")
+        wait_for(lambda: "has room again" in run.log, 60, "the recovery",
+             explain(api, run))
         quiesce(api)
         assert run.stop() == 0
         assert_exactly_once(api, run)
