@@ -11,16 +11,23 @@ import enum
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from collector import osf, process, send
 from collector.health import STATUS_FILE, read_health
-from collector.layout import iter_closed_chunks
+from collector.layout import HourKey, iter_closed_chunks
 from collector.settings import Settings
 
 # The stream rewrites its health record every 2 s; older than this means it is not running.
 HEALTH_STALE_AFTER = 30.0
 # Disconnected for longer than this is worth a look (reconnects normally take seconds).
 DISCONNECTED_DEGRADED_AFTER = 60.0
+# Hourly cron jobs: this many due hours left unprocessed means processing is not running.
+HOURS_WAITING_DEGRADED = 2
+# A secondary's chunks normally leave within the hour; older ones mean sending is stuck.
+CHUNK_AGE_DEGRADED = 2 * 3600.0
+SEND_FAILURES_DEGRADED = 3
 
 
 class Verdict(enum.IntEnum):
@@ -40,6 +47,9 @@ class HostStatus:
     stream: dict[str, Any] = field(default_factory=dict)
     chunks_waiting: int = 0
     oldest_chunk_waiting: str = ""
+    sending: dict[str, Any] = field(default_factory=dict)
+    processing: dict[str, Any] = field(default_factory=dict)
+    uploading: dict[str, Any] = field(default_factory=dict)
 
     def worsen(self, verdict: Verdict, problem: str) -> None:
         self.verdict = max(self.verdict, verdict)
@@ -55,6 +65,9 @@ class HostStatus:
             "stream": self.stream,
             "chunks_waiting": self.chunks_waiting,
             "oldest_chunk_waiting": self.oldest_chunk_waiting,
+            "sending": self.sending,
+            "processing": self.processing,
+            "uploading": self.uploading,
         }
 
 
@@ -111,12 +124,61 @@ def stream_part(status: HostStatus, settings: Settings, now: float) -> None:
         status.worsen(Verdict.DEGRADED, "connected but no tweet arrives (stall)")
 
 
-def chunks_part(status: HostStatus, settings: Settings) -> None:
-    """Closed chunks still on this host (on a secondary: not yet sent to the main)."""
+def secondary_part(status: HostStatus, settings: Settings, now: float) -> None:
+    """Closed chunks not yet sent to the main, and how the last pushes went."""
     chunks = list(iter_closed_chunks(settings.data_storage_dst))
     status.chunks_waiting = len(chunks)
     if chunks:
-        status.oldest_chunk_waiting = chunks[0].path.name
+        oldest = min(chunks, key=lambda chunk: chunk.path.stat().st_mtime)
+        status.oldest_chunk_waiting = oldest.path.name
+        age = now - oldest.path.stat().st_mtime
+        if age > CHUNK_AGE_DEGRADED:
+            status.worsen(Verdict.DEGRADED,
+                          f"chunks wait to be sent for {age / 3600:.1f} h "
+                          f"(oldest {oldest.path.name})")
+    state = send.load_send_state(settings.state_dir / send.STATE_FILE)
+    status.sending = {
+        "last_success_at": state.last_success_at,
+        "last_success_files": state.last_success_files,
+        "consecutive_failures": state.consecutive_failures,
+        "last_error": state.last_error,
+    }
+    if state.consecutive_failures >= SEND_FAILURES_DEGRADED:
+        status.worsen(Verdict.DEGRADED,
+                      f"{state.consecutive_failures} pushes to the main failed in a row: "
+                      f"{state.last_error}")
+
+
+def main_part(status: HostStatus, settings: Settings, now: float) -> None:
+    """The last hour processed, the due hours still waiting, and the last upload."""
+    ledger = process.Ledger.load(settings.state_dir / process.LEDGER_NAME)
+    merged = sorted((HourKey.parse(key), entry) for key, entry in ledger.hours.items()
+                    if not entry.get("pruned"))
+    vault = settings.data_vault_dst
+    assert vault is not None  # required on a main by the settings
+    scan = process.scan_chunks(process.sources(settings))
+    moment = datetime.fromtimestamp(now, UTC)
+    waiting = process.due_hours(scan, ledger, settings, moment, vault)
+    status.processing = {
+        "last_hour_processed": str(merged[-1][0]) if merged else "",
+        "processed_at": merged[-1][1].get("processed_at", "") if merged else "",
+        "hours_waiting": len(waiting),
+        "oldest_hour_waiting": str(waiting[0]) if waiting else "",
+    }
+    if len(waiting) >= HOURS_WAITING_DEGRADED:
+        status.worsen(Verdict.DEGRADED,
+                      f"{len(waiting)} due hours are not processed (oldest {waiting[0]})")
+    if not settings.osf_enabled:
+        status.uploading = {"enabled": False}
+        return
+    upload_ledger = osf.load_ledger(vault / ".collector" / osf.LEDGER_NAME,
+                                    osf.ledger_target(settings))
+    last_run = upload_ledger.last_run
+    status.uploading = {"enabled": True, "files_uploaded": len(upload_ledger.files),
+                        "last_run_at": last_run.get("at", ""), "last_run_ok": last_run.get("ok"),
+                        "last_error": last_run.get("error", "")}
+    if last_run and not last_run.get("ok"):
+        status.worsen(Verdict.DEGRADED, f"the last upload failed: {last_run.get('error', '')}")
 
 
 def host_status(settings: Settings, now: float | None = None) -> HostStatus:
@@ -124,5 +186,8 @@ def host_status(settings: Settings, now: float | None = None) -> HostStatus:
     now = time.time() if now is None else now
     status = HostStatus(settings.server_id, settings.role)
     stream_part(status, settings, now)
-    chunks_part(status, settings)
+    if settings.is_main:
+        main_part(status, settings, now)
+    else:
+        secondary_part(status, settings, now)
     return status

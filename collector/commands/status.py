@@ -22,6 +22,15 @@ def _age(seconds: Any) -> str:
     return f"{float(seconds):.1f} s ago"
 
 
+def _upload_state(uploading: dict[str, Any]) -> str:
+    if not uploading.get("enabled"):
+        return "OSF upload is off"
+    if not uploading.get("last_run_at"):
+        return "never"
+    outcome = "ok" if uploading.get("last_run_ok") else f"failed: {uploading.get('last_error')}"
+    return f"{uploading['last_run_at']} ({outcome})"
+
+
 def render(status: HostStatus) -> str:
     """The human view: one `label  value` line per fact, problems last."""
     stream = status.stream
@@ -38,10 +47,25 @@ def render(status: HostStatus) -> str:
         ("last message", _age(stream.get("last_message_age"))),
         ("last tweet", _age(stream.get("last_tweet_age"))),
         ("open chunk", stream.get("open_chunk") or "-"),
-        ("chunks waiting", f"{status.chunks_waiting}"
-                           + (f" (oldest {status.oldest_chunk_waiting})"
-                              if status.oldest_chunk_waiting else "")),
     ]
+    if status.role == "main":
+        processing, uploading = status.processing, status.uploading
+        rows += [
+            ("last hour processed", processing.get("last_hour_processed") or "none yet"),
+            ("hours waiting", f"{processing.get('hours_waiting', 0)}"
+                              + (f" (oldest {processing['oldest_hour_waiting']})"
+                                 if processing.get("oldest_hour_waiting") else "")),
+            ("last upload", _upload_state(uploading)),
+        ]
+    else:
+        sending = status.sending
+        rows += [
+            ("chunks not sent", f"{status.chunks_waiting}"
+                                + (f" (oldest {status.oldest_chunk_waiting})"
+                                   if status.oldest_chunk_waiting else "")),
+            ("last push", sending.get("last_success_at") or "never"),
+            ("failed pushes", str(sending.get("consecutive_failures", 0))),
+        ]
     rows += [("problem", problem) for problem in status.problems]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
