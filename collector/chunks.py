@@ -19,6 +19,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from collector.layout import PART_SUFFIX, chunk_path, iter_part_files
+from collector.outputs import fsync_dir
 
 log = logging.getLogger("collector.chunks")
 
@@ -54,18 +55,10 @@ def recover_part_files(root: Path) -> RecoveryResult:
             result.empty_removed += 1
             continue
         os.rename(part, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         result.chunks += 1
         log.info("recovered chunk %s", final.name)
     return result
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DiskFull(Exception):
@@ -196,5 +189,5 @@ class ChunkWriter:
         os.close(chunk.fd)
         chunk.fd = None
         os.rename(chunk.part, chunk.final)
-        _fsync_dir(chunk.final.parent)
+        fsync_dir(chunk.final.parent)
         self.closed_chunks += 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from collector.layout import HourKey, hour_bounds, hour_of
+from collector.outputs import write_bytes_atomic
 
 log = logging.getLogger("collector.coverage")
 
@@ -57,11 +57,8 @@ def write_hour_coverage(vault_day_dir: Path, hour: HourKey,
                    for server, minutes in sorted(counts.items())},
     }
     path = coverage_path(vault_day_dir, hour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, sort_keys=True, separators=(",", ":")) + "\n",
-                         encoding="utf-8")
-    os.replace(temporary, path)
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":")) + "\n"
+    write_bytes_atomic(path, text.encode())
     return path
 
 

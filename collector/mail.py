@@ -34,6 +34,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from collector.errors import CredentialsError, RemoteError, SettingsError
+from collector.outputs import write_bytes_atomic
 from collector.settings import (
     Settings,
     read_bearer_token,
@@ -225,9 +226,7 @@ class AlertLedger:
         return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
 
     def _write(self, sent: dict[str, float]) -> None:
-        temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(sent, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(temporary, self.path)
+        write_bytes_atomic(self.path, (json.dumps(sent, sort_keys=True) + "\n").encode())
 
     def claim(self, kind: str, now: float) -> float | None:
         """Record `kind` as mailed at `now` and return None, or return when it last was

@@ -21,9 +21,7 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from requests.adapters import HTTPAdapter
 from collector.errors import CollectorError, CredentialsError, LockedError, RemoteError
 from collector.layout import HourKey
 from collector.notify import UPLOAD_FAILING, Notifier, make_notifier
+from collector.outputs import write_bytes_atomic
 from collector.settings import Settings, read_osf_token
 
 log = logging.getLogger("collector.upload")
@@ -192,21 +191,10 @@ def load_ledger(path: Path, target: str) -> Ledger:
 
 def save_ledger(path: Path, ledger: Ledger) -> None:
     """Write atomically (temp file, fsync, rename): a crash leaves the old or the new ledger."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"target": ledger.target, "files": ledger.files,
                           "folders": ledger.folders, "last_run": ledger.last_run},
                          indent=1, sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, payload)
 
 
 @contextlib.contextmanager

@@ -37,7 +37,6 @@ import re
 import shlex
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ from pathlib import Path
 from collector.errors import CredentialsError, LockedError, RemoteError, SettingsError
 from collector.layout import hour_label, iter_closed_chunks
 from collector.notify import SEND_CONFLICT, SEND_FAILING, Notifier, make_notifier
+from collector.outputs import write_bytes_atomic
 from collector.settings import Settings
 
 log = logging.getLogger("collector.send")
@@ -260,20 +260,8 @@ def load_send_state(path: Path) -> SendState:
 
 
 def save_send_state(path: Path, state: SendState) -> None:
-    """Write atomically (temp file, fsync, rename): a reader sees the old or the new state."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps(asdict(state), indent=1, sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write atomically: a reader sees the old or the new state."""
+    write_bytes_atomic(path, json.dumps(asdict(state), indent=1, sort_keys=True).encode())
 
 
 # ---- one run ------------------------------------------------------------------------------
