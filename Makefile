@@ -5,10 +5,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := jq xz-utils rsync openssh-server openssh-client openssl
+DEBIAN_PACKAGES := jq xz-utils rsync openssh-server openssh-client debootstrap systemd-container openssl
 LAB_SECONDS ?= 60
 
-.PHONY: all deps venv lint test unit integration bench bench-stream bench-process lab lab-down clean
+.PHONY: all deps venv lint test unit integration bench bench-stream bench-process lab lab-down lab-status lab-local wheelhouse ansible-lint molecule clean
 
 all: test
 
@@ -34,12 +34,16 @@ venv: $(VENV)/.installed
 lint: venv
 	$(VENV)/bin/ruff check collector tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/ansible-lint -q --profile production
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
+# Everything: lint, the pytest suites, then Molecule on real nspawn hosts (root only).
 test: deps venv lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory molecule; \
+	 else echo "molecule skipped: booting nspawn hosts needs root"; fi
 
 bench: deps venv bench-stream bench-process
 
@@ -49,11 +53,33 @@ bench-stream: venv
 bench-process: venv
 	$(PY) -m bench.bench_process
 
+# The collector and its pinned dependencies as wheels, for hosts without the package index.
+wheelhouse: venv
+	rm -f build/wheelhouse/collector-*.whl
+	SOURCE_DATE_EPOCH=1767225600 $(PY) -m pip wheel -q . -w build/wheelhouse
+
+# The fleet lab: Debian 12 hosts (systemd-nspawn) + fakes, site.yml, stream, one forced cycle,
+# summary. LAB_HOSTS=3 for three hosts; `make lab-down` stops everything it started.
 lab: deps venv
-	$(PY) -m tests.lab.local --seconds $(LAB_SECONDS)
+	$(PY) -m tests.lab.fleet up --seconds $(LAB_SECONDS)
 
 lab-down:
-	@echo "the one-machine lab stops by itself; nothing to stop"
+	$(PY) -m tests.lab.fleet down
+
+lab-status:
+	$(PY) -m tests.lab.fleet status
+
+# The one-machine lab: the fake API and one collector stream, no hosts (stops by itself).
+lab-local: deps venv
+	$(PY) -m tests.lab.local --seconds $(LAB_SECONDS)
+
+ansible-lint: venv
+	$(VENV)/bin/ansible-lint --profile production
+
+# The role's molecule scenario on two nspawn hosts (root): check, converge, idempotence,
+# swap of the main, key rotation, testinfra.
+molecule: deps venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/molecule test -s default
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

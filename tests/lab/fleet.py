@@ -1,0 +1,381 @@
+"""`make lab`: boot Debian 12 hosts, deploy the fleet with Ansible, let it stream, run one cycle.
+
+    python -m tests.lab.fleet up [--hosts N] [--seconds S]   # LAB_HOSTS, LAB_SECONDS
+    python -m tests.lab.fleet status
+    python -m tests.lab.fleet down
+
+`up` builds (or reuses) the cached image and the wheelhouse, starts the test doubles on this
+machine's loopback (fake API with one token per host, fake OSF, SMTP), boots the hosts, writes
+`inventory/lab/`, runs `playbooks/site.yml`, lets the fleet stream, then forces one cycle
+(send on the secondaries; process of the current hour with --force, upload and report --send
+on the main) and prints a summary. Everything it starts is written to the state file before
+it is waited on, so `down` stops all of it, even after an `up` that failed half way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tests.lab import nspawn
+
+REPO = Path(__file__).resolve().parents[2]
+# Two labs can live side by side (`make lab` and molecule): each has its own name and inventory.
+LAB_DIR = nspawn.CACHE_DIR / os.environ.get("COLLECTOR_LAB_NAME", "lab")
+STATE_FILE = LAB_DIR / "state.json"
+INVENTORY_DIR = Path(os.environ.get("COLLECTOR_LAB_INVENTORY", REPO / "inventory" / "lab"))
+WHEELHOUSE = REPO / "build" / "wheelhouse"
+# Wheels carry file times; a fixed epoch makes a rebuild of unchanged code byte-identical,
+# so re-running the playbook after `make wheelhouse` changes nothing on the hosts.
+SOURCE_DATE_EPOCH = "1767225600"
+COLLECTOR = "/opt/collector/venv/bin/collector"
+SETTINGS = "/etc/collector/server_settings.txt"
+OSF_PROJECT = "lab01"
+SMTP_USER = "lab"
+FAKE_API_RATE = 20.0
+
+
+# ---- state -----------------------------------------------------------------------------------
+
+def load_state() -> dict[str, Any]:
+    try:
+        return dict(json.loads(STATE_FILE.read_text()))
+    except FileNotFoundError:
+        return {"hosts": {}, "processes": {}}
+
+
+def save_state(state: dict[str, Any]) -> None:
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = STATE_FILE.with_name(STATE_FILE.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(STATE_FILE)
+
+
+# ---- pieces ----------------------------------------------------------------------------------
+
+def build_wheelhouse(out: Path = WHEELHOUSE) -> Path:
+    """`pip wheel` of this repository and its pinned dependencies, for offline installs."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("collector-*.whl"):
+        old.unlink()
+    env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(REPO), "-w", str(out)],
+                   check=True, env=env, cwd=REPO)
+    # pip leaves build/ and egg-info behind in the tree; they are not the wheelhouse's business.
+    return out
+
+
+def start_process(state: dict[str, Any], name: str, args: list[str]) -> int:
+    """Start one test double in its own session; record it before waiting for its port."""
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    port_file = LAB_DIR / f"{name}.port"
+    port_file.unlink(missing_ok=True)
+    with open(LAB_DIR / f"{name}.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", *args, "--port", "0",
+                                    "--port-file", str(port_file)],
+                                   cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    state["processes"][name] = {"pid": process.pid}
+    save_state(state)
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start; see {LAB_DIR / (name + '.log')}")
+        time.sleep(0.1)
+    port = int(port_file.read_text().strip())
+    state["processes"][name]["port"] = port
+    save_state(state)
+    return port
+
+
+def host_names(count: int) -> list[str]:
+    return [f"collector{i}" for i in range(1, count + 1)]
+
+
+def write_inventory(state: dict[str, Any], main: str) -> None:
+    """inventory/lab/: hosts on their loopback ports, the doubles' addresses, one token each."""
+    hosts = state["hosts"]
+    ports = {name: state["processes"][name]["port"] for name in ("fake_api", "fake_osf", "smtp")}
+    lines = ["---", "# Written by `python -m tests.lab.fleet up`; the lab's own throw-away values.",
+             "collectors:", "  children:", "    main:", "      hosts:", f"        {main}:",
+             "    secondary:"]
+    secondaries = [f"        {name}:" for name in hosts if name != main]
+    lines += ["      hosts:", *secondaries] if secondaries else ["      hosts: {}"]
+    (INVENTORY_DIR / "group_vars").mkdir(parents=True, exist_ok=True)
+    (INVENTORY_DIR / "host_vars").mkdir(parents=True, exist_ok=True)
+    (INVENTORY_DIR / "hosts.yml").write_text("\n".join(lines) + "\n")
+    key = nspawn.controller_key()
+    group_vars = {
+        "ansible_host": "127.0.0.1",
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(key),
+        # Lab hosts get new host keys on every boot: no prompts, nothing remembered.
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "collector_api_base_url": f"http://127.0.0.1:{ports['fake_api']}",
+        "collector_osf_enabled": True,
+        "collector_osf_project": OSF_PROJECT,
+        "collector_osf_base_url": f"http://127.0.0.1:{ports['fake_osf']}/v2/",
+        "collector_osf_token": state["osf_token"],
+        "collector_notifications": True,
+        "collector_email_server": "127.0.0.1",
+        "collector_email_port": ports["smtp"],
+        "collector_email_user": SMTP_USER,
+        "collector_email_password": state["smtp_password"],
+        "collector_email_fromaddr": "collector@lab.invalid",
+        "collector_email_toaddr": "team@lab.invalid",
+        "collector_email_starttls": False,
+        "collector_stall_seconds": 60,
+    }
+    (INVENTORY_DIR / "group_vars" / "all.yml").write_text(
+        "---\n# Written by the lab.\n" + "".join(
+            f"{key}: {json.dumps(value)}\n" for key, value in group_vars.items()))
+    for name, host in hosts.items():
+        (INVENTORY_DIR / "host_vars" / f"{name}.yml").write_text(
+            f"---\nansible_port: {host['port']}\n"
+            f"collector_bearer_token: {json.dumps(state['tokens'][name])}\n")
+
+
+def ansible_playbook(playbook: str, *extra: str, log: Path | None = None) -> None:
+    """Run a playbook from the repo root (so ansible.cfg applies); fail on a non-zero exit."""
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PATH=f"{Path(sys.executable).parent}:"
+               + os.environ.get("PATH", ""))
+    command = [str(Path(sys.executable).parent / "ansible-playbook"),
+               "-i", str(INVENTORY_DIR), str(REPO / "playbooks" / playbook), *extra]
+    if log is None:
+        subprocess.run(command, check=True, cwd=REPO, env=env)
+        return
+    with open(log, "w") as out:
+        result = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{playbook} failed (rc {result.returncode}); see {log}")
+
+
+def on_host(state: dict[str, Any], name: str, command: str,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a shell command on a lab host as root."""
+    host = nspawn.Host(**state["hosts"][name])
+    return subprocess.run(host.ssh_command(nspawn.controller_key(), command), text=True,
+                          capture_output=True, check=check, timeout=600)
+
+
+def as_collector(subcommand: str) -> str:
+    return f"runuser -u collector -- {COLLECTOR} --settings {SETTINGS} {subcommand}"
+
+
+def osf_files(port: int, token: str) -> list[str]:
+    """Every file path in the fake OSF project, walking folders like a client would."""
+    found: list[str] = []
+    pending = [f"http://127.0.0.1:{port}/v2/nodes/{OSF_PROJECT}/files/osfstorage/"]
+    while pending:
+        url: str | None = pending.pop()
+        while url:
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                page = json.load(response)
+            for item in page.get("data", []):
+                attributes = item.get("attributes", {})
+                if attributes.get("kind") == "folder":
+                    pending.append(item["relationships"]["files"]["links"]["related"]["href"])
+                else:
+                    found.append(attributes.get("materialized_path") or attributes.get("name"))
+            url = page.get("links", {}).get("next")
+    return sorted(found)
+
+
+# ---- the commands ----------------------------------------------------------------------------
+
+def up(count: int, seconds: float) -> int:
+    """The whole `make lab`: start, converge, stream, one forced cycle."""
+    if start(count) != 0:
+        return 1
+    state = load_state()
+    converge_started = time.monotonic()
+    ansible_playbook("site.yml", log=LAB_DIR / "site.log")
+    print(f"site.yml converged in {time.monotonic() - converge_started:.0f} s "
+          f"(log {LAB_DIR / 'site.log'})", flush=True)
+    print(f"streaming for {seconds:.0f} s ...", flush=True)
+    time.sleep(seconds)
+    cycle(state, main_of_inventory())
+    return 0
+
+
+def main_of_inventory() -> str:
+    """The host the lab inventory currently lists under `main`."""
+    lines = (INVENTORY_DIR / "hosts.yml").read_text().splitlines()
+    return lines[lines.index("    main:") + 2].strip().rstrip(":")
+
+
+def swap() -> int:
+    """Move the main to the next host (inventory edit) and re-run site.yml."""
+    state = load_state()
+    names = list(state["hosts"])
+    old = main_of_inventory()
+    new = names[(names.index(old) + 1) % len(names)]
+    write_inventory(state, new)
+    ansible_playbook("site.yml", log=LAB_DIR / "swap.log")
+    print(f"main moved from {old} to {new} (log {LAB_DIR / 'swap.log'})")
+    return 0
+
+
+def rotate() -> int:
+    """Put the next token of every host in the inventory and run rotate_api_keys.yml."""
+    state = load_state()
+    state["tokens"], state["next_tokens"] = state["next_tokens"], state["tokens"]
+    save_state(state)
+    write_inventory(state, main_of_inventory())
+    ansible_playbook("rotate_api_keys.yml", log=LAB_DIR / "rotate.log")
+    print(f"tokens rotated (log {LAB_DIR / 'rotate.log'})")
+    return 0
+
+
+def start(count: int) -> int:
+    """Image, wheelhouse, test doubles, hosts and inventory; no Ansible run yet."""
+    state = load_state()
+    if state["hosts"] or state["processes"]:
+        print("a lab is already recorded; run `make lab-down` first", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    image = nspawn.build_image()
+    key = nspawn.controller_key()
+    print(f"image {image} ready after {time.monotonic() - started:.0f} s", flush=True)
+    build_wheelhouse()
+    names = host_names(count)
+    # Two tokens per host: the one in use and the next one, for `rotate` (the fake API knows both).
+    state.update(tokens={name: f"lab-{name}-{secrets.token_hex(8)}" for name in names},
+                 next_tokens={name: f"lab-{name}-{secrets.token_hex(8)}" for name in names},
+                 osf_token=f"osf-{secrets.token_hex(8)}", smtp_password=secrets.token_hex(8),
+                 maildir=str(LAB_DIR / "mail"))
+    shutil.rmtree(LAB_DIR / "mail", ignore_errors=True)
+    save_state(state)
+    start_process(state, "fake_api", ["tests.doubles.fake_api", "--tokens",
+                                      ",".join([*state["tokens"].values(),
+                                                *state["next_tokens"].values()]),
+                                      "--rate", str(FAKE_API_RATE)])
+    start_process(state, "fake_osf", ["tests.doubles.fake_osf", "--token", state["osf_token"],
+                                      "--project", OSF_PROJECT])
+    start_process(state, "smtp", ["tests.doubles.smtp", "--user", SMTP_USER, "--password",
+                                  state["smtp_password"], "--maildir", state["maildir"]])
+    hosts_dir = LAB_DIR / "hosts"
+    booted = []
+    for name in names:
+        host = nspawn.start_host(name, hosts_dir, key, image)
+        state["hosts"][name] = asdict(host)
+        save_state(state)
+        booted.append(host)
+    for host in booted:
+        nspawn.wait_until_up(host, key)
+    print(f"{count} hosts up after {time.monotonic() - started:.0f} s", flush=True)
+    write_inventory(state, names[0])
+    return 0
+
+
+def cycle(state: dict[str, Any], main: str) -> None:
+    """One forced hour: push, process the current hour, upload, report; then the summary."""
+    for name in state["hosts"]:
+        if name != main:
+            result = on_host(state, name, as_collector("send"), check=False)
+            print(f"send on {name}: rc {result.returncode} {result.stderr.strip()[-200:]}")
+    hour = on_host(state, main, "TZ=CET date +%Y-%m-%dT%H").stdout.strip()
+    day = hour.split("T")[0]
+    for subcommand in (f"process --hour {hour} --force", "upload", f"report --day {day} --send"):
+        result = on_host(state, main, as_collector(subcommand),
+                         check=False)
+        print(f"{subcommand} on {main}: rc {result.returncode} {result.stderr.strip()[-300:]}")
+    summary(state, main, hour.split("T")[0])
+
+
+def summary(state: dict[str, Any], main: str, day: str) -> None:
+    print("\n== lab summary ==")
+    for name in state["hosts"]:
+        result = on_host(state, name, f"{COLLECTOR} --settings {SETTINGS} status --json",
+                         check=False)
+        with contextlib.suppress(ValueError):
+            status = json.loads(result.stdout)
+            stream = status.get("stream", {})
+            print(f"{name:12} {status.get('role'):9} {status.get('verdict'):8} "
+                  f"tweets={stream.get('tweets')} connected={stream.get('connected')}")
+    report = on_host(state, main, f"tail -n 2 /srv/collector/vault/{day}/{day}_report.txt",
+                     check=False)
+    print("report:\n" + (report.stdout.strip() or f"(none) {report.stderr.strip()}"))
+    try:
+        files = osf_files(state["processes"]["fake_osf"]["port"], state["osf_token"])
+        print(f"files on the fake OSF ({len(files)}): " + ", ".join(files))
+    except OSError as error:
+        print(f"fake OSF not readable: {error}")
+    mails = sorted(Path(state["maildir"]).glob("*.eml")) if state.get("maildir") else []
+    print(f"mails received: {len(mails)}")
+
+
+def status() -> int:
+    state = load_state()
+    for name, record in state["processes"].items():
+        alive = nspawn.pid_alive(int(record["pid"]))
+        print(f"{name:10} pid {record['pid']} port {record.get('port')} "
+              f"{'running' if alive else 'gone'}")
+    for name, host in state["hosts"].items():
+        alive = nspawn.pid_alive(int(host["pid"]))
+        print(f"{name:10} pid {host['pid']} ssh 127.0.0.1:{host['port']} "
+              f"{'running' if alive else 'gone'}")
+    return 0
+
+
+def down() -> int:
+    """Stop every host and process the state file records, then forget them."""
+    state = load_state()
+    for name, record in list(state["hosts"].items()):
+        nspawn.stop_host(nspawn.Host(**record))
+        del state["hosts"][name]
+        save_state(state)
+        print(f"stopped host {name}")
+    for name, record in list(state["processes"].items()):
+        nspawn.stop_pid(int(record["pid"]), timeout=10)
+        del state["processes"][name]
+        save_state(state)
+        print(f"stopped {name}")
+    STATE_FILE.unlink(missing_ok=True)
+    # The generated inventory points at hosts that no longer exist (and holds lab tokens).
+    for generated in [INVENTORY_DIR / "hosts.yml", INVENTORY_DIR / "group_vars" / "all.yml",
+                      *(INVENTORY_DIR / "host_vars").glob("*.yml")]:
+        generated.unlink(missing_ok=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the nspawn lab of the collector fleet")
+    sub = parser.add_subparsers(dest="action", required=True)
+    for action in ("up", "start"):
+        one = sub.add_parser(action)
+        one.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS", "2")))
+        one.add_argument("--seconds", type=float,
+                         default=float(os.environ.get("LAB_SECONDS", "60")))
+    sub.add_parser("down")
+    sub.add_parser("swap", help="move the main to the next host and re-run site.yml")
+    sub.add_parser("rotate", help="rotate every host's bearer token")
+    sub.add_parser("status")
+    sub.add_parser("cycle", help="force one more cycle on a running lab")
+    args = parser.parse_args(argv)
+    if args.action in ("up", "start"):
+        if args.hosts < 1:
+            parser.error("--hosts must be at least 1")
+        return up(args.hosts, args.seconds) if args.action == "up" else start(args.hosts)
+    if args.action == "cycle":
+        cycle(load_state(), main_of_inventory())
+        return 0
+    actions = {"status": status, "down": down, "swap": swap, "rotate": rotate}
+    return actions[args.action]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
