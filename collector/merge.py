@@ -1,15 +1,13 @@
-"""Merging one hour: chunk lines in, one compact record per distinct tweet out (pure logic).
+"""Merging one hour: chunk lines in, the rows of the three files out (pure logic).
 
-Why the record looks the way it does: an hour holds ~200,000 distinct tweets and every server
-delivers most of them, so the merge keeps exactly one small record per distinct id and renders
-its CSV rows once, at the moment the line is read. A record is a tuple
-`(retrieved_at, server_mask, blob, meta, author_id)`:
+An hour holds ~200,000 distinct tweets and every server delivers most of them. The merge
+runs in two passes (see `HourIndex`): pass 1 parses every line and keeps one small entry per
+distinct id (where the kept copy's line is, which servers saw it); pass 2 reads the kept
+lines back in output order and renders each row once, straight into the compressors.
 
-* `blob` is the UTF-8 tweets row followed by the head of the users row (`author_id,lang,`);
-  the users row is that head plus the tweets row's author columns, which are the same ten
-  fields in the same order, so nothing is stored twice.
-* `meta` packs the offsets needed to cut the blob and whether the author was included.
-* `server_mask` has bit i set when server number i (in `servers` order) captured the tweet.
+A rendered tweet is a record (`tweet_record`): a small header, the UTF-8 tweets row, then the
+head of the users row (`author_id,lang,`); the users row is that head plus the tweets row's
+author columns, which are the same ten fields in the same order, so nothing is rendered twice.
 
 Which copy of a duplicate id is kept: the one retrieved first (`__twarc.retrieved_at`, an
 ISO-8601 UTC string, so string order is time order), ties going to the first one read.
@@ -23,11 +21,12 @@ tweet of the hour carries it is the row left with empty author columns.
 
 from __future__ import annotations
 
-import csv
 import json
+import re
 import struct
+from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +56,9 @@ SKIP_REASONS = (SKIP_NOT_JSON, SKIP_TORN, SKIP_NO_DATA, SKIP_BAD_TWEET)
 
 # A record without retrieval time loses every tie against one with it ('~' sorts after digits).
 _NO_RETRIEVED_AT = "~"
-_CSV_SPECIALS = frozenset(',"\r\n')
+# Finds a character that makes a cell need quotes (a C-level scan: the merge checks ~3 million
+# cells an hour, and testing each character against a set cost a third of the rendering).
+_needs_quotes = re.compile('[,"\r\n]').search
 
 # A record is one bytes object (see module docstring): a fixed header, then the rows.
 # Header: server mask, end of the tweets row, start of its author columns, start and length
@@ -84,7 +85,7 @@ def field_text(value: Any) -> str:
 
 def csv_cell(text: str) -> str:
     """Quote like the csv module's QUOTE_MINIMAL, so csv/pandas read the text back unchanged."""
-    if _CSV_SPECIALS.isdisjoint(text):
+    if _needs_quotes(text) is None:
         return text
     return '"' + text.replace('"', '""') + '"'
 
@@ -171,19 +172,32 @@ def tweet_record(tweet_id: int, tweet: dict[str, Any], message: dict[str, Any],
     return b"".join((header, lead, retrieved, body, tail, users_head))
 
 
-def record_mask(record: bytes) -> int:
-    return int.from_bytes(record[:8], "little")
 
 
-def with_mask(record: bytes, mask: int) -> bytes:
-    return mask.to_bytes(8, "little") + record[8:]
+
+def render_tweet_row(tweet_id: int, tweet: dict[str, Any], message: dict[str, Any],
+                     retrieved_at: str) -> bytes:
+    """The tweets CSV line of a tweet: the same bytes as `tweet_row(tweet_record(...))`
+    (`csv_line` quotes cell by cell, so one line of 20 cells equals the record's pieces)
+    with less work; pass 2 renders 200,000 of them an hour."""
+    get = tweet.get
+    author_id_value = get("author_id")
+    reference_type, referenced_id = _reference(tweet)
+    cells = [str(tweet_id), _text(get("conversation_id")), _text(author_id_value),
+             _text(get("created_at")), retrieved_at, _text(get("source")), _text(get("lang")),
+             _text(get("text")), reference_type, referenced_id]
+    cells += _author_cells(_author_of(message, author_id_value))
+    return (csv_line(cells) + "\n").encode("utf-8", "replace")
 
 
-def retrieved_key(record: bytes) -> bytes:
-    """Sort key of the record's retrieval time; a record without one sorts last."""
-    _, _, _, start, length, _ = _HEADER.unpack_from(record)
-    key = record[HEADER_SIZE + start: HEADER_SIZE + start + length]
-    return key or b"~"
+def render_user_row(tweet: dict[str, Any], message: dict[str, Any]) -> bytes:
+    """The users CSV line of a tweet, alone: the same bytes as `user_row(tweet_record(...))`
+    for less than half the work (pass 2 renders a users row for most tweets)."""
+    get = tweet.get
+    author_id_value = get("author_id")
+    head = csv_line((_text(author_id_value), _text(get("lang"))))
+    tail = csv_line(_author_cells(_author_of(message, author_id_value)))
+    return (head + "," + tail + "\n").encode("utf-8", "replace")
 
 
 def tweet_row(record: bytes) -> bytes:
@@ -199,17 +213,6 @@ def user_row(record: bytes) -> bytes:
                                                      HEADER_SIZE + tweet_end]
 
 
-def has_author(record: bytes) -> bool:
-    return bool(record[HEADER_SIZE - 1])
-
-
-def author_key(record: bytes) -> bytes:
-    """The author id cell of the record's users row (empty when the tweet has none)."""
-    tweet_end = _HEADER.unpack_from(record)[1]
-    head = record[HEADER_SIZE + tweet_end:]
-    if head.startswith(b'"'):  # a quoted (hostile) author id: let csv undo the quoting
-        return next(csv.reader([head.decode("utf-8")]))[0].encode()
-    return head[: head.index(b",")]
 
 
 def parse_json_line(line: bytes) -> Any:
@@ -235,67 +238,145 @@ def split_chunk(data: bytes) -> Iterator[tuple[bytes, bool]]:
         yield last, True
 
 
+# Pass 1 keeps, per distinct tweet id, one `bytes` entry (see `HourIndex`): this header, then
+# the retrieval key (`key_len` bytes), then the author id (the rest).
+# Header: server mask, chunk number, line offset and length, the tweet's position in `data`,
+# whether the author object was included, length of the retrieval key.
+_ENTRY = struct.Struct("<QIIIHBH")
+ENTRY_SIZE = _ENTRY.size
+
+# pass 2 reads a line back: (chunk number, offset, length) -> the line's bytes
+LineReader = Callable[[int, int, int], bytes]
+
+
+def _tweets_of(message: Any) -> list[Any] | None:
+    """The tweet objects of a parsed line, or None when it carries none."""
+    if not isinstance(message, dict):
+        return None
+    data_value = message.get("data")
+    if isinstance(data_value, dict):
+        return [data_value]
+    if isinstance(data_value, list) and data_value:
+        return data_value
+    return None
+
+
+def _retrieved_at(message: dict[str, Any]) -> str:
+    meta = message.get("__twarc")
+    retrieved = meta.get("retrieved_at") if isinstance(meta, dict) else None
+    return retrieved if isinstance(retrieved, str) else ""
+
+
 @dataclass
-class HourMerge:
-    """Accumulates the chunks of one hour; `add_chunk` in a fixed order, then read results."""
+class HourIndex:
+    """Pass 1 of an hour's merge: which line holds the kept copy of every distinct tweet.
+
+    Why two passes: rendering every row at read time held the whole hour's rendered rows
+    (~130 MB for 200,000 tweets) until the last chunk was read, and did all the rendering
+    on one core before compression could start. Pass 1 keeps only a ~100-byte entry per
+    distinct id (where its kept line is, which servers saw it, its retrieval time and
+    author), plus the per-minute coverage counts; pass 2 (`tweet_rows`, `user_rows`)
+    reads the kept lines back in output order and renders each row once, straight into
+    the block compressors, so rendering overlaps compression and nothing of the hour but
+    the entries stays in memory.
+
+    Call `add_chunk` for every chunk in a fixed order (servers in `servers` order, then
+    chunk name), which makes the copy kept for a duplicate id, and every output byte,
+    deterministic (see the module docstring for the rule).
+    """
 
     servers: Sequence[str]
-    records: dict[int, bytes] = field(default_factory=dict)
+    entries: dict[int, bytes] = field(default_factory=dict)
     skipped: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     lines: int = 0
     chunks: int = 0
+    # server -> minute of the hour -> distinct tweets the server captured in that minute
+    coverage: dict[str, dict[int, int]] = field(default_factory=dict)
+    _minute_key: tuple[int, int] | None = field(default=None, repr=False)
+    _minute_ids: set[int] = field(default_factory=set, repr=False)
 
-    def add_chunk(self, server_index: int, data: bytes) -> None:
-        """Merge every line of one chunk captured by server number `server_index`."""
+    def add_chunk(self, server_index: int, data: bytes, minute: int = 0,
+                  chunk_no: int | None = None) -> int:
+        """Index every line of one chunk of server number `server_index`; returns the
+        chunk's number (by default, how many chunks came before), which pass 2's line
+        reader receives back.
+
+        `minute` is the chunk's minute (from its name) for the coverage counts. Chunks of
+        one server and minute are adjacent in name order, so one set of ids at a time is
+        enough to count each minute's distinct tweets.
+        """
+        if chunk_no is None:
+            chunk_no = self.chunks
         self.chunks += 1
+        self._enter_minute(server_index, minute)
+        minute_ids = self._minute_ids
         mask = 1 << server_index
-        records = self.records
+        entries = self.entries
+        offset = 0
         for line, maybe_torn in split_chunk(data):
+            line_offset = offset
+            offset += len(line) + 1
             if not line.strip():
                 continue  # blank line (a stray keep-alive): not a message
             self.lines += 1
             message = parse_json_line(line)
-            if not isinstance(message, dict):
+            tweets = _tweets_of(message)
+            if tweets is None:
                 self.skipped[SKIP_TORN if maybe_torn and message is None else
                              SKIP_NOT_JSON if message is None else SKIP_NO_DATA] += 1
                 continue
-            data_value = message.get("data")
-            if isinstance(data_value, dict):
-                tweets: list[Any] = [data_value]
-            elif isinstance(data_value, list) and data_value:
-                tweets = data_value
-            else:
-                self.skipped[SKIP_NO_DATA] += 1
-                continue
-            meta = message.get("__twarc")
-            retrieved = meta.get("retrieved_at") if isinstance(meta, dict) else None
-            retrieved_at = retrieved if isinstance(retrieved, str) else ""
-            for tweet in tweets:
+            retrieved_at = _retrieved_at(message)
+            new_key = retrieved_at.encode("utf-8", "replace") or b"~"
+            for position, tweet in enumerate(tweets):
                 tweet_id = tweet_id_of(tweet) if isinstance(tweet, dict) else None
                 if tweet_id is None:
                     self.skipped[SKIP_BAD_TWEET] += 1
                     continue
-                kept = records.get(tweet_id)
+                minute_ids.add(tweet_id)
+                kept = entries.get(tweet_id)
                 if kept is None:
-                    records[tweet_id] = tweet_record(tweet_id, tweet, message, retrieved_at,
-                                                     mask)
+                    entries[tweet_id] = _entry(tweet, message, retrieved_at, mask, chunk_no,
+                                               line_offset, len(line), position)
                     continue
-                # A duplicate: render it only if it was retrieved first (it replaces the kept).
+                # A duplicate: it replaces the kept copy only if it was retrieved first.
                 self.duplicates += 1
-                both = record_mask(kept) | mask
-                if (retrieved_at.encode() or b"~") < retrieved_key(kept):
-                    records[tweet_id] = tweet_record(tweet_id, tweet, message, retrieved_at,
-                                                     both)
-                elif both != record_mask(kept):
-                    records[tweet_id] = with_mask(kept, both)
+                both = int.from_bytes(kept[:8], "little") | mask
+                if new_key < _entry_key(kept):
+                    entries[tweet_id] = _entry(tweet, message, retrieved_at, both, chunk_no,
+                                               line_offset, len(line), position)
+                else:
+                    entries[tweet_id] = both.to_bytes(8, "little") + kept[8:]
+        return chunk_no
+
+    def _enter_minute(self, server_index: int, minute: int) -> None:
+        key = (server_index, minute)
+        if key != self._minute_key:
+            self._close_minute()
+            self._minute_key = key
+
+    def _close_minute(self) -> None:
+        if self._minute_key is not None:
+            server_index, minute = self._minute_key
+            minutes = self.coverage.setdefault(self.servers[server_index], {})
+            minutes[minute] = minutes.get(minute, 0) + len(self._minute_ids)
+        self._minute_ids = set()
+        self._minute_key = None
+
+    def minute_counts(self) -> dict[str, dict[int, int]]:
+        """Distinct tweets per server and minute (servers without any tweet included)."""
+        self._close_minute()
+        counts: dict[str, dict[int, int]] = {server: {} for server in self.servers}
+        for server, minutes in self.coverage.items():
+            counts[server].update({m: n for m, n in minutes.items() if n})
+        return counts
 
     def sorted_ids(self) -> list[int]:
-        return sorted(self.records)
+        return sorted(self.entries)
 
     def server_counts(self) -> list[int]:
         """Distinct tweets each server captured, in `servers` order."""
-        by_mask = Counter(record[:8] for record in self.records.values())
+        by_mask = Counter(entry[:8] for entry in self.entries.values())
         masks = {int.from_bytes(mask, "little"): n for mask, n in by_mask.items()}
         return [sum(n for mask, n in masks.items() if mask >> i & 1)
                 for i in range(len(self.servers))]
@@ -303,20 +384,146 @@ class HourMerge:
     def diff(self) -> int:
         """Tweets that not every server captured."""
         everyone = ((1 << len(self.servers)) - 1).to_bytes(8, "little")
-        return sum(1 for record in self.records.values() if record[:8] != everyone)
+        return sum(1 for entry in self.entries.values() if entry[:8] != everyone)
+
+    def authors_in_order(self, ids: Sequence[int]) -> list[int]:
+        """For each author, ascending by numeric author id, the tweet id its users row comes
+        from: its most recent tweet (largest id) whose kept copy carries the author object,
+        else its most recent tweet."""
+        chosen: dict[bytes, tuple[int, bool]] = {}
+        entries = self.entries
+        for tweet_id in ids:  # ascending, so a later tweet of an author is a more recent one
+            entry = entries[tweet_id]
+            has_author = bool(entry[ENTRY_SIZE - 3])
+            key_len = _ENTRY.unpack_from(entry)[6]
+            author = entry[ENTRY_SIZE + key_len:]
+            if not author:
+                continue
+            before = chosen.get(author)
+            if has_author or before is None or not before[1]:
+                chosen[author] = (tweet_id, has_author)
+        return [chosen[a][0] for a in sorted(chosen, key=lambda a: (len(a), a))]
+
+    def plan(self) -> MergePlan:
+        """What pass 2 needs, compactly, so the index can be dropped before compression.
+
+        The entries are ~100 small objects' worth of memory per tweet, and freeing them
+        gives their memory back (they were the last objects of their arenas); the plan is
+        two flat arrays and the sorted ids, about a fifth of that.
+        """
+        ids = self.sorted_ids()
+        position_of = {tweet_id: n for n, tweet_id in enumerate(ids)}
+        users = array("I", (position_of[t] for t in self.authors_in_order(ids)))
+        del position_of
+        entries = self.entries
+        locations = b"".join(entries[t][:_LOCATION.size] for t in ids)
+        # Flat ids, unless one does not fit 64 bits (never seen, but `id` is only a string).
+        flat: Sequence[int] = array("Q", ids) if not ids or ids[-1] < 1 << 64 else ids
+        return MergePlan(flat, locations, users)
+
+    def kept_copy(self, tweet_id: int,
+                  read_line: LineReader) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """Pass 2: the kept copy of `tweet_id` read back: (tweet, message, server mask)."""
+        entry = self.entries[tweet_id]
+        mask, chunk_no, offset, length, position, _, _ = _ENTRY.unpack_from(entry)
+        message = parse_json_line(read_line(chunk_no, offset, length))
+        tweets = _tweets_of(message)
+        if tweets is None or len(tweets) <= position or not isinstance(tweets[position], dict):
+            raise RuntimeError(f"tweet {tweet_id} changed on disk during the merge")
+        return tweets[position], message, mask
+
+    def record(self, tweet_id: int, read_line: LineReader) -> bytes:
+        """The kept copy of `tweet_id` rendered (see `tweet_record`)."""
+        tweet, message, mask = self.kept_copy(tweet_id, read_line)
+        return tweet_record(tweet_id, tweet, message, _retrieved_at(message), mask)
+
+    def absorb(self, later: HourIndex) -> None:
+        """Merge in the index of the chunks that come after this one's in reading order.
+
+        Gives exactly what indexing all chunks in one object would: the kept copy is the
+        first one with the smallest retrieval key, so `later`'s wins only when strictly
+        earlier; every occurrence after an id's first counts as a duplicate. `later` must
+        start at a new (server, minute), so coverage counts simply add up.
+        """
+        self._close_minute()
+        later._close_minute()
+        entries = self.entries
+        for tweet_id, entry in later.entries.items():
+            kept = entries.get(tweet_id)
+            if kept is None:
+                entries[tweet_id] = entry
+                continue
+            self.duplicates += 1
+            both = (int.from_bytes(kept[:8], "little")
+                    | int.from_bytes(entry[:8], "little")).to_bytes(8, "little")
+            winner = entry if _entry_key(entry) < _entry_key(kept) else kept
+            entries[tweet_id] = both + winner[8:]
+        self.duplicates += later.duplicates
+        self.skipped.update(later.skipped)
+        self.lines += later.lines
+        self.chunks += later.chunks
+        for server, minutes in later.coverage.items():
+            mine = self.coverage.setdefault(server, {})
+            for minute, count in minutes.items():
+                mine[minute] = mine.get(minute, 0) + count
 
 
-def users_in_order(records: dict[int, bytes], ids: Sequence[int]) -> list[bytes]:
-    """Each author's record (see module docstring), ascending by numeric author id."""
-    chosen: dict[bytes, bytes] = {}
-    for tweet_id in ids:  # ascending, so a later record of an author is a more recent tweet
-        record = records[tweet_id]
-        author = author_key(record)
-        if not author:
-            continue
-        if has_author(record) or author not in chosen or not has_author(chosen[author]):
-            chosen[author] = record
-    return [chosen[a] for a in sorted(chosen, key=lambda a: (len(a), a))]
+
+# The head of an entry: server mask, chunk number, line offset, line length, tweet position.
+_LOCATION = struct.Struct("<QIIIH")
+
+
+@dataclass
+class MergePlan:
+    """Pass 2's input: ids ascending, where each one's kept copy is (`_LOCATION` records in
+    the same order) and, ascending by author, the position of each users row's tweet."""
+
+    ids: Sequence[int]
+    locations: bytes
+    users: array[int]
+
+    def _kept(self, position: int,
+              read_line: LineReader) -> tuple[dict[str, Any], dict[str, Any], int]:
+        mask, chunk_no, offset, length, tweet_no = _LOCATION.unpack_from(
+            self.locations, position * _LOCATION.size)
+        message = parse_json_line(read_line(chunk_no, offset, length))
+        tweets = _tweets_of(message)
+        if tweets is None or len(tweets) <= tweet_no or not isinstance(tweets[tweet_no], dict):
+            raise RuntimeError(f"tweet {self.ids[position]} changed on disk during the merge")
+        return tweets[tweet_no], message, mask
+
+    def tweet_rows(self, read_line: LineReader) -> Iterator[bytes]:
+        """The tweets CSV rows, ascending by id, rendered from the kept lines."""
+        for position, tweet_id in enumerate(self.ids):
+            tweet, message, _ = self._kept(position, read_line)
+            yield render_tweet_row(tweet_id, tweet, message, _retrieved_at(message))
+
+    def user_rows(self, read_line: LineReader) -> Iterator[bytes]:
+        """The users CSV rows, ascending by author id."""
+        for position in self.users:
+            tweet, message, _ = self._kept(position, read_line)
+            yield render_user_row(tweet, message)
+
+
+def _entry(tweet: dict[str, Any], message: dict[str, Any], retrieved_at: str, mask: int,
+           chunk_no: int, offset: int, length: int, position: int) -> bytes:
+    author_id_value = tweet.get("author_id")
+    has_author = _author_of(message, author_id_value) is not None
+    # The retrieval key compares like the rendered cell did before two passes existed, so
+    # which copy wins is unchanged even for hostile values (quotes, commas).
+    key = (retrieved_at if _needs_quotes(retrieved_at) is None else
+           csv_cell(retrieved_at)).encode("utf-8", "replace")[:0xFFFF]
+    author = (author_id_value if type(author_id_value) is str else
+              field_text(author_id_value)).encode("utf-8", "replace")
+    return _ENTRY.pack(mask, chunk_no, offset, length, min(position, 0xFFFF), has_author,
+                       len(key)) + key + author
+
+
+def _entry_key(entry: bytes) -> bytes:
+    """The entry's retrieval key; a copy without retrieval time sorts last."""
+    key_len = _ENTRY.unpack_from(entry)[6]
+    return entry[ENTRY_SIZE: ENTRY_SIZE + key_len] or b"~"
+
 
 
 def blocks_of(rows: Iterable[bytes], block_size: int, header: bytes = b"") -> Iterator[bytes]:

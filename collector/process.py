@@ -16,23 +16,27 @@ Safety: one run at a time (`flock` on `state_dir/process.lock`); outputs are wri
 atomically (collector.outputs); inputs are only ever read, and removed only by retention
 after their hour's outputs exist.
 
-Speed: reading and merging run in this thread while a pool of `cpu_count` threads compresses
-(liblzma releases the GIL). During catch-up the compression of hour h overlaps the reading
-of hour h+1; at most two hours are in memory at once, so memory follows the size of an hour,
-not the number of hours.
+Speed and memory (measured numbers in docs/process.md): each hour is merged in two passes
+(collector.merge.HourIndex). Pass 1 parses every line once, split across helper interpreters
+for a large hour, and keeps one small entry per distinct tweet; pass 2 reads the kept lines
+back in id order and renders each row once, straight into a pool of xz threads (liblzma
+releases the GIL), so rendering overlaps compression on every core. Hours are processed one
+at a time, so memory follows the size of one hour, never the number of hours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
+import pickle
+import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,18 +45,16 @@ from typing import Any, TextIO
 import orjson
 
 from collector import notify
+from collector.coverage import write_hour_coverage
 from collector.daily_report import HourLine, update_report
 from collector.errors import CollectorError, DiskFullError, LockedError, SettingsError
-from collector.layout import HourKey, hour_bounds, hour_of, parse_chunk
+from collector.layout import CHUNK_NAME, HourKey, hour_bounds, hour_of, parse_chunk
 from collector.merge import (
     SKIP_REASONS,
     USER_COLUMNS,
-    HourMerge,
+    HourIndex,
     blocks_of,
     header_line,
-    tweet_row,
-    user_row,
-    users_in_order,
 )
 from collector.merge import TWEET_COLUMNS as TWEET_HEADER
 from collector.outputs import (
@@ -109,27 +111,50 @@ def scan_chunks(all_sources: list[Source]) -> dict[HourKey, list[ChunkFile]]:
     """Every closed chunk by hour; per hour in server order, then name order."""
     hours: dict[HourKey, list[ChunkFile]] = {}
     for source in all_sources:
-        if not source.root.is_dir():
-            continue
-        for day_dir in sorted(source.root.iterdir()):
-            if day_dir.name.startswith(".") or not day_dir.is_dir():
-                continue
-            for hour_dir in sorted(day_dir.iterdir()):
-                if not hour_dir.is_dir():
-                    continue
-                for path in sorted(hour_dir.iterdir()):
-                    chunk = parse_chunk(path)
-                    if chunk is None:
-                        continue
-                    if chunk.server_id != source.server_id:
-                        log.warning("ignoring %s: it is not a chunk of %s", path, source.server_id)
-                        continue
-                    with contextlib.suppress(FileNotFoundError):
-                        size = path.stat().st_size
-                        hours.setdefault(chunk.hour, []).append(ChunkFile(source, path, size))
+        try:
+            _scan_source(source, hours)
+        except OSError as error:
+            raise CollectorError(f"cannot read the chunks of {source.server_id} under "
+                                 f"{source.root}: {os.strerror(error.errno or 0)}") from None
     for chunks in hours.values():
         chunks.sort(key=lambda c: (c.source.index, c.path.name))
     return hours
+
+
+def _is_folder(path: Path) -> bool:
+    """True for a folder, False for a stray file; OSError for a link that leads nowhere."""
+    if path.is_dir():
+        return True
+    if path.is_symlink():
+        path.stat()  # raises for a dangling or looping link
+    return False
+
+
+def _scan_source(source: Source, hours: dict[HourKey, list[ChunkFile]]) -> None:
+    """One server's closed chunks into `hours` (OSError when a folder is unreadable).
+
+    A server that never pushed has no folder: nothing to merge. A folder that exists but
+    cannot be read (permissions, a broken or looping link) is an error, not an empty folder:
+    skipping it would publish the hour without that server's chunks.
+    """
+    if not source.root.exists() and not source.root.is_symlink():
+        return
+    for day_dir in sorted(source.root.iterdir()):
+        if day_dir.name.startswith(".") or not _is_folder(day_dir):
+            continue
+        for hour_dir in sorted(day_dir.iterdir()):
+            if not _is_folder(hour_dir):
+                continue
+            for path in sorted(hour_dir.iterdir()):
+                chunk = parse_chunk(path)
+                if chunk is None:
+                    continue
+                if chunk.server_id != source.server_id:
+                    log.warning("ignoring %s: it is not a chunk of %s", path, source.server_id)
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    size = path.stat().st_size
+                    hours.setdefault(chunk.hour, []).append(ChunkFile(source, path, size))
 
 
 # ---- the ledger ------------------------------------------------------------------------------
@@ -219,21 +244,14 @@ def due_hours(scan: dict[HourKey, list[ChunkFile]], ledger: Ledger, settings: Se
 class Timings:
     """Where the time went (seconds, wall clock), summed over the hours processed."""
 
-    reading: float = 0.0  # reading chunk files from disk
-    merging: float = 0.0  # parsing JSON, rendering rows, dropping duplicates, ordering
-    compressing: float = 0.0  # compressing and writing the three files (overlaps reading)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, other: Timings) -> None:
-        """Sum another thread's timings into these."""
-        with self._lock:
-            self.reading += other.reading
-            self.merging += other.merging
-            self.compressing += other.compressing
+    reading: float = 0.0  # pass 1: reading chunk files from disk
+    merging: float = 0.0  # pass 1: parsing JSON, dropping duplicates; then ordering
+    rendering: float = 0.0  # pass 2: reading kept lines back, rendering rows (overlaps xz)
+    compressing: float = 0.0  # pass 2 as a whole: rendering, compressing, writing the files
 
     def as_dict(self) -> dict[str, float]:
         return {"reading": self.reading, "merging": self.merging,
-                "compressing": self.compressing}
+                "rendering": self.rendering, "compressing": self.compressing}
 
 
 @dataclass
@@ -251,57 +269,248 @@ class ProcessResult:
     timings: Timings = field(default_factory=Timings)
 
 
+class KeptLines:
+    """Pass 2's access to the lines pass 1 indexed: the chunks stay open between the passes.
+
+    Holding the descriptors (a few hundred at most: servers x 60 minutes) means a chunk
+    removed in between is still read whole, and `os.pread` reads a line from the page cache
+    without mapping the files into this process's memory.
+    """
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def add(self, fd: int) -> None:
+        self.fds.append(fd)
+
+    def read_line(self, chunk_no: int, offset: int, length: int) -> bytes:
+        return os.pread(self.fds[chunk_no], length, offset)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+
+@dataclass
+class HourRead:
+    """Pass 1's result for one hour: the index and the open chunks it points into."""
+
+    index: HourIndex
+    lines: KeptLines
+
+
+def chunk_minute(path: Path) -> int:
+    match = CHUNK_NAME.match(path.name)
+    return int(match["minute"]) if match else 0
+
+
+# Below this many bytes of chunks an hour is indexed in this process alone: starting a helper
+# interpreter (~0.1 s) would cost more than it saves.
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+
+
 def read_hour(hour: HourKey, chunks: list[ChunkFile], servers: tuple[str, ...],
-              timings: Timings) -> HourMerge:
-    """Merge every chunk of the hour into one record per distinct tweet."""
-    merge = HourMerge(servers)
-    for chunk in chunks:
+              timings: Timings, workers: int = 1) -> HourRead:
+    """Pass 1: index every chunk of the hour (one small entry per distinct tweet).
+
+    A large hour is split into `workers` groups of consecutive chunks (cut only where the
+    server or minute changes): the last group is indexed here, the others by helper
+    interpreters (`python -m collector.process --index`), so parsing uses every core; the
+    partial indexes are then merged in chunk order (`HourIndex.absorb`), which gives the
+    same result as one pass. Helpers read the chunks through this process's descriptors
+    (`/proc/<pid>/fd/<n>`), so pass 1 and pass 2 see the very same files.
+    """
+    lines = KeptLines()
+    try:
+        jobs = _open_chunks(hour, chunks, lines)
+        total = sum(chunk.size for chunk in chunks)
+        groups = _split_jobs(jobs, workers if total >= PARALLEL_MIN_BYTES else 1)
         started = time.perf_counter()
+        helpers = [_start_helper(servers, group) for group in groups[:-1]]
         try:
-            data = chunk.path.read_bytes()
+            mine = index_chunks(servers, groups[-1] if groups else [])
+            partials = [_helper_result(helper) for helper in helpers]
+        finally:
+            for helper in helpers:
+                if helper.poll() is None:
+                    helper.kill()
+                    helper.wait()
+        index = partials[0][0] if partials else mine[0]
+        for partial, _ in partials[1:] + ([mine] if partials else []):
+            index.absorb(partial)
+        read_seconds = max([mine[1], *(p[1] for p in partials)])
+        timings.reading += read_seconds
+        timings.merging += time.perf_counter() - started - read_seconds
+    except BaseException:
+        lines.close()
+        raise
+    return HourRead(index, lines)
+
+
+# (chunk number, server number, minute, path to read it by)
+IndexJob = tuple[int, int, int, str]
+
+
+def _open_chunks(hour: HourKey, chunks: list[ChunkFile], lines: KeptLines) -> list[IndexJob]:
+    jobs: list[IndexJob] = []
+    for chunk in chunks:
+        try:
+            fd = os.open(chunk.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             log.warning("chunk %s vanished while processing %s", chunk.path, hour)
             continue
-        read_done = time.perf_counter()
-        merge.add_chunk(chunk.source.index, data)
-        del data
-        timings.reading += read_done - started
-        timings.merging += time.perf_counter() - read_done
-    return merge
+        except OSError as error:
+            raise CollectorError(f"cannot read chunk {chunk.path}: "
+                                 f"{os.strerror(error.errno or 0)}") from None
+        lines.add(fd)
+        jobs.append((len(lines.fds) - 1, chunk.source.index, chunk_minute(chunk.path),
+                     f"/proc/{os.getpid()}/fd/{fd}"))
+    return jobs
 
 
-def report_line(hour: HourKey, merge: HourMerge) -> HourLine:
-    counts = merge.server_counts()
-    extra = {"duplicates": merge.duplicates, "chunks": merge.chunks}
-    extra.update({reason: merge.skipped.get(reason, 0) for reason in SKIP_REASONS})
-    return HourLine(hour.hour, dict(zip(merge.servers, counts, strict=True)),
-                    len(merge.records), merge.diff(), extra)
+def _split_jobs(jobs: list[IndexJob], groups: int) -> list[list[IndexJob]]:
+    """Consecutive groups of about equal count, cut only where (server, minute) changes."""
+    if groups <= 1 or len(jobs) < 2:
+        return [jobs]
+    result: list[list[IndexJob]] = [[]]
+    target = len(jobs) / groups
+    for job in jobs:
+        current = result[-1]
+        if (len(current) >= target and len(result) < groups
+                and current[-1][1:3] != job[1:3]):
+            result.append([])
+        result[-1].append(job)
+    return result
 
 
-def write_hour(hour: HourKey, merge: HourMerge, settings: Settings, vault: Path,
+def index_chunks(servers: tuple[str, ...], jobs: list[IndexJob]) -> tuple[HourIndex, float]:
+    """Index the chunks of `jobs` in order; returns the index and the seconds spent reading."""
+    index = HourIndex(servers)
+    reading = 0.0
+    for chunk_no, server_index, minute, path in jobs:
+        started = time.perf_counter()
+        with open(path, "rb") as handle:
+            data = handle.read()
+        reading += time.perf_counter() - started
+        index.add_chunk(server_index, data, minute, chunk_no)
+    return index, reading
+
+
+def _start_helper(servers: tuple[str, ...], jobs: list[IndexJob]) -> subprocess.Popen[bytes]:
+    request = orjson.dumps({"servers": servers, "jobs": jobs}).decode()
+    return subprocess.Popen([sys.executable, "-m", "collector.process", "--index", request],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _helper_result(helper: subprocess.Popen[bytes]) -> tuple[HourIndex, float]:
+    out, err = helper.communicate()
+    if helper.returncode != 0 or not out:
+        last = (err.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise CollectorError(f"indexing helper failed ({helper.returncode}): {last}")
+    index, reading = pickle.loads(out)
+    if not isinstance(index, HourIndex):
+        raise CollectorError("indexing helper returned no index")
+    return index, float(reading)
+
+
+def _index_helper_main(request: str) -> None:
+    """Entry of a helper: index the chunks named in `request`, pickle the result to stdout."""
+    tune_malloc()
+    data = orjson.loads(request)
+    result = index_chunks(tuple(data["servers"]),
+                          [(int(a), int(b), int(c), str(d)) for a, b, c, d in data["jobs"]])
+    sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+
+
+def report_line(hour: HourKey, index: HourIndex) -> HourLine:
+    counts = index.server_counts()
+    extra = {"duplicates": index.duplicates, "chunks": index.chunks}
+    extra.update({reason: index.skipped.get(reason, 0) for reason in SKIP_REASONS})
+    return HourLine(hour.hour, dict(zip(index.servers, counts, strict=True)),
+                    len(index.entries), index.diff(), extra)
+
+
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters
+_M_MMAP_THRESHOLD = -3
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None  # not glibc: its defaults stay, only the memory margin is smaller
+
+
+def tune_malloc() -> None:
+    """Keep glibc from holding on to freed memory: allocations of 256 KiB and more (chunk
+    data, the index's tables, xz's ~46 MB of match-finder tables per compressor, 4 MiB
+    blocks) get their own mappings, returned to the system as soon as they are freed.
+    glibc's default raises that threshold to the largest block freed so far (up to 32 MiB)
+    and then keeps up to twice as much freed memory, which measured ~25 MB of peak here."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024)
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by Python back to the system (glibc keeps some otherwise), so the
+    peak of pass 1 and the compressors' memory do not add up."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _timed(rows: Iterator[bytes], timings: Timings) -> Iterator[bytes]:
+    """The rows, adding the time spent producing them to `timings.rendering`."""
+    while True:
+        started = time.perf_counter()
+        row = next(rows, None)
+        timings.rendering += time.perf_counter() - started
+        if row is None:
+            return
+        yield row
+
+
+def write_hour(hour: HourKey, read: HourRead, settings: Settings, vault: Path,
                pool: ThreadPoolExecutor, workers: int, timings: Timings) -> HourResult:
-    """Write the hour's three files and its report line; all atomically."""
-    started = time.perf_counter()
-    ids = merge.sorted_ids()
-    users = users_in_order(merge.records, ids)
-    line = report_line(hour, merge)
-    records = merge.records
-    timings.merging += time.perf_counter() - started
+    """Pass 2: render the rows into the compressors and write the hour's three files, its
+    coverage counts and its report line; all atomically."""
+    index, lines = read.index, read.lines
+    try:
+        started = time.perf_counter()
+        line = report_line(hour, index)
+        minute_counts = index.minute_counts()
+        plan = index.plan()
+        # Pass 2 needs only the plan: give the index's memory back before the compressors
+        # take theirs.
+        read.index = HourIndex(index.servers)
+        del index
+        release_free_memory()
+        timings.merging += time.perf_counter() - started
 
-    started = time.perf_counter()
-    ids_path, tweets_path, users_path = output_paths(vault, hour)
-    remove_stale_temps(ids_path.parent)
-    jobs = [
-        CompressJob(tweets_path, blocks_of((tweet_row(records[i]) for i in ids), BLOCK_SIZE,
-                                           header_line(TWEET_HEADER))),
-        CompressJob(users_path, blocks_of((user_row(r) for r in users), BLOCK_SIZE,
-                                          header_line(USER_COLUMNS))),
-        CompressJob(ids_path, blocks_of((b"%d\n" % i for i in ids), BLOCK_SIZE)),
-    ]
-    compress_to_files(jobs, settings.xz_preset, pool, in_flight=workers)
-    update_report(ids_path.parent, hour.day, line, settings.servers)
-    timings.compressing += time.perf_counter() - started
-    return HourResult(hour, len(ids), len(users), line)
+        started = time.perf_counter()
+        ids_path, tweets_path, users_path = output_paths(vault, hour)
+        remove_stale_temps(ids_path.parent)
+        tweets = _timed(plan.tweet_rows(lines.read_line), timings)
+        users = _timed(plan.user_rows(lines.read_line), timings)
+        jobs = [
+            CompressJob(tweets_path, blocks_of(tweets, BLOCK_SIZE, header_line(TWEET_HEADER))),
+            CompressJob(users_path, blocks_of(users, BLOCK_SIZE, header_line(USER_COLUMNS))),
+            CompressJob(ids_path, blocks_of((b"%d\n" % i for i in plan.ids), BLOCK_SIZE)),
+        ]
+        # One block more than there are compressors: the next block is rendered while
+        # every compressor is busy, and memory stays at a few blocks.
+        compress_to_files(jobs, settings.xz_preset, pool, in_flight=workers + 1)
+        write_hour_coverage(ids_path.parent, hour, minute_counts)
+        update_report(ids_path.parent, hour.day, line, settings.servers)
+        timings.compressing += time.perf_counter() - started
+    finally:
+        lines.close()
+    return HourResult(hour, len(plan.ids), len(plan.users), line)
 
 
 # ---- retention -------------------------------------------------------------------------------
@@ -381,11 +590,33 @@ class Progress:
 def process(settings: Settings, hour: HourKey | None = None, force: bool = False,
             now: datetime | None = None, workers: int | None = None,
             progress_stream: TextIO | None = None) -> ProcessResult:
-    """Merge every due hour with unmerged chunks (or just `hour`); then apply retention."""
+    """Merge every due hour with unmerged chunks (or just `hour`); then apply retention.
+
+    Any failure (full disk, unreadable chunks, a second run holding the lock, a bug) is
+    alerted as `process_failing` before it propagates: the hourly cron run has no one
+    watching its exit status, and unmerged hours are not published.
+    """
+    try:
+        return _process(settings, hour, force, now, workers, progress_stream)
+    except Exception as error:
+        detail = str(error) if isinstance(error, CollectorError) else (
+            f"{type(error).__name__}: {error}")
+        notifier = notify.make_notifier(settings)
+        if isinstance(error, DiskFullError):
+            notifier.alert(notify.DISK_FULL, str(error))
+        notifier.alert(notify.PROCESS_FAILING, f"collector process failed: {detail}",
+                       "Hours that are due stay unprocessed until a run succeeds; the next "
+                       "hourly run retries them all.")
+        raise
+
+
+def _process(settings: Settings, hour: HourKey | None, force: bool, now: datetime | None,
+             workers: int | None, progress_stream: TextIO | None) -> ProcessResult:
     if not settings.is_main or settings.data_vault_dst is None:
         raise SettingsError(f"{settings.source}: collector process runs on the main "
                             f"(role=main with data_vault_dst)")
     now = now or datetime.now(UTC)
+    tune_malloc()
     vault = settings.data_vault_dst
     workers = workers or max(1, min(os.cpu_count() or 1, 4))
     with process_lock(settings.state_dir):
@@ -396,12 +627,8 @@ def process(settings: Settings, hour: HourKey | None = None, force: bool = False
         else:
             todo = due_hours(scan, ledger, settings, now, vault)
         result = ProcessResult()
-        try:
-            _run_pipeline(todo, scan, settings, vault, ledger, workers, result,
-                          Progress(len(todo), progress_stream or sys.stderr))
-        except DiskFullError as error:
-            notify.make_notifier(settings).alert(notify.DISK_FULL, str(error))
-            raise
+        _run_pipeline(todo, scan, settings, vault, ledger, workers, result,
+                      Progress(len(todo), progress_stream or sys.stderr))
         if hour is None:
             result.pruned_hours = prune_old_chunks(scan, ledger, settings, now)
             if result.pruned_hours:
@@ -424,54 +651,43 @@ def _check_named_hour(hour: HourKey, scan: dict[HourKey, list[ChunkFile]], setti
 def _run_pipeline(todo: list[HourKey], scan: dict[HourKey, list[ChunkFile]], settings: Settings,
                   vault: Path, ledger: Ledger, workers: int, result: ProcessResult,
                   progress: Progress) -> None:
-    """Read hour h+1 while hour h is compressed; finish hours strictly in order."""
+    """Process the hours one after the other, each on every core; finish them in order.
+
+    Hours do not overlap: pass 1 of hour h+1 beside the compressors of hour h would hold a
+    second index (~70 MB) next to them, and both phases already use every core (pass 1
+    through helper interpreters, pass 2 through the xz threads). What does overlap is the
+    disk: while hour h is compressed, the kernel is asked to read hour h+1's chunks ahead
+    (`posix_fadvise` WILLNEED), which costs no memory of this process.
+    """
     if not todo:
         log.info("no hour to process")
         return
     timings = result.timings
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xz") as pool, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer") as writer:
-        pending: Future[HourResult] | None = None
-        pending_chunks: list[ChunkFile] = []
-
-        def finish(future: Future[HourResult], chunks: list[ChunkFile]) -> None:
-            hour_result = future.result()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xz") as pool:
+        for number, hour in enumerate(todo):
+            progress.reading(hour)
+            chunks = scan[hour]
+            hour_read = read_hour(hour, chunks, settings.servers, timings, workers)
+            if number + 1 < len(todo):
+                read_ahead(scan[todo[number + 1]])
+            hour_result = write_hour(hour, hour_read, settings, vault, pool, workers, timings)
+            del hour_read
             ledger.record(hour_result.hour, chunks)
             ledger.save()
             result.hours.append(hour_result)
             progress.finished(hour_result)
 
-        try:
-            for hour in todo:
-                progress.reading(hour)
-                chunks = scan[hour]
-                read_timings = Timings()
-                merge = read_hour(hour, chunks, settings.servers, read_timings)
-                timings.add(read_timings)
-                if pending is not None:
-                    finish(pending, pending_chunks)
-                    pending = None
-                job: Callable[[], HourResult] = _bind_write(hour, merge, settings, vault, pool,
-                                                            workers, timings)
-                del merge
-                pending, pending_chunks = writer.submit(job), chunks
-            if pending is not None:
-                finish(pending, pending_chunks)
-                pending = None
-        finally:
-            if pending is not None:
-                with contextlib.suppress(BaseException):
-                    pending.result()
+
+def read_ahead(chunks: list[ChunkFile]) -> None:
+    """Ask the kernel to start reading these chunks into the page cache (best effort)."""
+    for chunk in chunks:
+        with contextlib.suppress(OSError, AttributeError):
+            fd = os.open(chunk.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
 
-def _bind_write(hour: HourKey, merge: HourMerge, settings: Settings, vault: Path,
-                pool: ThreadPoolExecutor, workers: int,
-                timings: Timings) -> Callable[[], HourResult]:
-    def run() -> HourResult:
-        local = Timings()
-        try:
-            return write_hour(hour, merge, settings, vault, pool, workers, local)
-        finally:
-            timings.add(local)
-
-    return run
+if __name__ == "__main__" and sys.argv[1:2] == ["--index"]:
+    _index_helper_main(sys.argv[2])

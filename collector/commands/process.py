@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     result = process(settings_from_args(args), hour=args.hour, force=args.force)
     timings = result.timings
     log.info("done: %d hours processed, %d hours of raw chunks removed "
-             "(reading %.1f s, merging %.1f s, compressing %.1f s)",
+             "(reading %.1f s, merging %.1f s, rendering %.1f s, compressing %.1f s)",
              len(result.hours), result.pruned_hours, timings.reading, timings.merging,
-             timings.compressing)
+             timings.rendering, timings.compressing)
     return 0

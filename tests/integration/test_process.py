@@ -12,6 +12,7 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,11 +27,15 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
+import collector.process
 from collector.errors import CollectorError, DiskFullError, LockedError
 from collector.layout import HourKey, chunk_path
+from collector.mail import CAFILE_ENV
 from collector.process import LEDGER_NAME, process, process_lock
 from collector.settings import Settings, load_settings
 from tests.doubles.samples import MessageFactory
+from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
+from tests.integration.test_mail import SMTP_PASSWORD, SMTP_USER, write_mail_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -66,10 +71,14 @@ def expected_hour(sources: list[tuple[str, Path]], hour: HourKey) -> dict[str, A
     """IDs, tweets rows, users rows and report numbers, straight from the chunk files."""
     kept: dict[int, tuple[str, list[str], bool]] = {}
     seen_by: dict[int, set[str]] = {}
+    by_minute: dict[str, dict[str, set[int]]] = {server: {} for server, _ in sources}
     skipped = 0
     for server, root in sources:
         folder = root / hour.day / hour.hour
         for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+            minute_match = re.search(r"-(\d\d)(?:-\d\d)?\.jsonl$", path.name)  # _HH-MM[-SS]
+            assert minute_match is not None
+            minute = str(int(minute_match[1]))
             for line in path.read_bytes().split(b"\n"):
                 if not line.strip():
                     continue
@@ -98,6 +107,7 @@ def expected_hour(sources: list[tuple[str, Path]], hour: HourKey) -> dict[str, A
                     metrics.get("followers_count"), metrics.get("following_count"),
                     metrics.get("tweet_count"), metrics.get("listed_count"))]
                 seen_by.setdefault(tweet_id, set()).add(server)
+                by_minute[server].setdefault(minute, set()).add(tweet_id)
                 if tweet_id not in kept or retrieved < kept[tweet_id][0]:
                     kept[tweet_id] = (retrieved, row, author is not None)
     ids = sorted(kept)
@@ -116,6 +126,8 @@ def expected_hour(sources: list[tuple[str, Path]], hour: HourKey) -> dict[str, A
         "total": len(ids),
         "diff": sum(1 for v in seen_by.values() if len(v) != len(servers)),
         "skipped": skipped,
+        "coverage": {s: {m: len(ids) for m, ids in minutes.items()}
+                     for s, minutes in by_minute.items()},
     }
 
 
@@ -131,8 +143,9 @@ def read_outputs(vault: Path, hour: HourKey) -> dict[str, Any]:
     header = report[0].split("\t")
     lines = {line.split("\t")[0]: dict(zip(header, line.split("\t"), strict=True))
              for line in report[1:]}
+    coverage = json.loads((folder / ".coverage" / f"{prefix}.json").read_text())
     return {"ids": ids.splitlines(), "tweets": tweets, "users": users, "report": lines,
-            "report_header": header, "ids_text": ids}
+            "report_header": header, "ids_text": ids, "coverage": coverage}
 
 
 def assert_matches(vault: Path, hour: HourKey, sources: list[tuple[str, Path]]) -> None:
@@ -152,6 +165,8 @@ def assert_matches(vault: Path, hour: HourKey, sources: list[tuple[str, Path]]) 
     assert line["diff %"] == f"{100 * want['diff'] / max(want['total'], 1):.2f}"
     skipped = sum(int(line[c]) for c in ("not_json", "torn_line", "no_data", "bad_tweet"))
     assert skipped == want["skipped"]
+    # the coverage plot's input: distinct tweets per server and minute of the chunk's name
+    assert got["coverage"] == {"version": 1, "hour": str(hour), "counts": want["coverage"]}
 
 
 # ---- fixtures --------------------------------------------------------------------------------
@@ -255,6 +270,20 @@ def test_three_servers_hostile_lines_exact_outputs_and_byte_identical_rerun(
     assert process(main_settings, now=LATER).hours == []  # nothing new: nothing done
     process(main_settings, hour=HOUR, now=LATER)  # forced reprocessing
     assert tree_bytes(vault) == first
+
+
+def test_helper_interpreters_index_a_large_hour_exactly_like_one_process(
+        main_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    fill_hour(main_settings, tweets=600)
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    process(main_settings, hour=HOUR, now=LATER, workers=1)  # one process
+    alone = tree_bytes(vault)
+    monkeypatch.setattr(collector.process, "PARALLEL_MIN_BYTES", 0)
+    for workers in (2, 3):  # the hour split in two and three groups of chunks
+        process(main_settings, hour=HOUR, now=LATER, workers=workers)
+        assert_matches(vault, HOUR, all_sources(main_settings))
+        assert tree_bytes(vault) == alone
 
 
 def test_pandas_reads_the_text_back_unchanged(main_settings: Settings) -> None:
@@ -403,8 +432,53 @@ def test_cli_errors_are_one_line(main_settings: Settings) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
                     reason="needs root to mount a tiny tmpfs")
+def test_a_failing_run_is_alerted_by_email_and_exits_non_zero(
+        tmp_path: Path, write_settings: Callable[..., Path]) -> None:
+    cert, key = make_self_signed_cert(tmp_path / "tls")
+    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key) as smtp:
+        write_mail_credentials(tmp_path / "mailkeys", smtp.port)
+        settings = load_settings(write_settings(
+            role="main", server_id="srv1", servers=",".join(SERVERS),
+            data_vault_dst=str(tmp_path / "vault"), incoming_dst=str(tmp_path / "incoming"),
+            osf_enabled="False", main_host=None, main_user=None, notifications="True",
+            email_credentials_dst=str(tmp_path / "mailkeys")))
+        fill_hour(settings, tweets=60)
+        env = {**os.environ, CAFILE_ENV: str(cert)}
+        # A run that cannot do its work: another one holds the lock.
+        with process_lock(settings.state_dir):
+            done = subprocess.run(_cli(settings, "process"), cwd=REPO, env=env,
+                                  capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        errors = [line for line in done.stderr.splitlines() if "error" in line]
+        assert errors == ["collector process: error: another collector process is running"]
+        assert "Traceback" not in done.stderr
+        [mail] = smtp.wait_for(1)
+        assert mail["Subject"] == ("[collector srv1] process_failing: collector process "
+                                   "failed: another collector process is running")
+        assert mail["To"] == "team@example.org, oncall@example.org"
+        assert "next hourly run retries" in mail.get_body().get_content()  # type: ignore[union-attr]
+        assert settings.data_vault_dst is not None
+        assert not settings.data_vault_dst.exists()
+
+
+def test_unreadable_chunks_folder_is_a_clear_error_and_alerted(
+        main_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    fill_hour(main_settings, tweets=60)
+    assert main_settings.incoming_dst is not None
+    blocker = main_settings.incoming_dst / "srv2" / "2026-02-03" / "10"
+    shutil.rmtree(blocker)
+    blocker.symlink_to(blocker)  # a loop: reading it fails with ELOOP, even for root
+    with pytest.raises(CollectorError, match="cannot read the chunks of srv2 under"):
+        process(main_settings, now=LATER)
+    assert "ALERT process_failing on srv1: collector process failed: cannot read the " \
+           "chunks of srv2" in caplog.text
+    assert main_settings.data_vault_dst is not None
+    assert not main_settings.data_vault_dst.exists()
+
+
 def test_full_disk_is_a_clear_error_and_inputs_stay(tmp_path: Path,
-                                                    write_settings: Callable[..., Path]) -> None:
+                                                    write_settings: Callable[..., Path],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     small = tmp_path / "small"
     small.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
@@ -423,6 +497,8 @@ def test_full_disk_is_a_clear_error_and_inputs_stay(tmp_path: Path,
         before = tree_bytes(chunks)
         with pytest.raises(DiskFullError, match="disk full"):
             process(settings, now=LATER)
+        assert "ALERT process_failing on srv1: collector process failed: disk full" \
+            in caplog.text
         assert tree_bytes(chunks) == before
         leftovers = [p for p in (small / "vault").rglob("*") if p.is_file()]
         assert leftovers == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from typing import Any
 
 import orjson
@@ -18,12 +19,11 @@ from collector.merge import (
     SKIP_TORN,
     TWEET_COLUMNS,
     USER_COLUMNS,
-    HourMerge,
+    HourIndex,
     blocks_of,
     header_line,
     tweet_row,
     user_row,
-    users_in_order,
 )
 
 HOSTILE_TEXTS = [
@@ -68,6 +68,35 @@ def chunk(*messages: dict[str, Any] | bytes) -> bytes:
     return b"".join(m if isinstance(m, bytes) else orjson.dumps(m) + b"\n" for m in messages)
 
 
+class HourMerge(HourIndex):
+    """The two passes of an hour's merge over chunks held in memory (pass 2 reads lines
+    back from them as `collector.process` does from the chunk files)."""
+
+    def __init__(self, servers: tuple[str, ...]) -> None:
+        super().__init__(servers)
+        self.data: list[bytes] = []
+
+    def add_chunk(self, server_index: int, data: bytes, minute: int = 0,
+                  chunk_no: int | None = None) -> int:
+        self.data.append(data)
+        return super().add_chunk(server_index, data, minute, len(self.data) - 1)
+
+    def read_line(self, chunk_no: int, offset: int, length: int) -> bytes:
+        return self.data[chunk_no][offset: offset + length]
+
+    @property
+    def records(self) -> dict[int, bytes]:
+        """Every kept copy rendered (see `tweet_record`), by tweet id."""
+        return {i: self.record(i, self.read_line) for i in self.entries}
+
+    def tweets(self) -> list[bytes]:
+        """Pass 2's tweets rows, as `collector process` renders them."""
+        return list(self.plan().tweet_rows(self.read_line))
+
+    def users(self) -> list[bytes]:
+        return list(self.plan().user_rows(self.read_line))
+
+
 def parse_rows(data: bytes) -> list[list[str]]:
     return list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
 
@@ -84,6 +113,7 @@ def test_hostile_text_round_trips_through_csv_and_pandas(text: str) -> None:
     assert row[TWEET_COLUMNS.index("author.location")] == "Here\nThere"
     frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
     assert frame["text"].tolist() == [text]
+    assert merge.tweets() == [tweet_row(record)]  # pass 2 renders the very same bytes
     assert frame["author.name"].tolist() == ['Name, "the" one']
 
 
@@ -99,6 +129,7 @@ def test_row_values_booleans_integers_references_and_users_row() -> None:
     assert values["author.public_metrics.followers_count"] == "123"  # never 123.0
     assert values["retrieved_at"] == "2026-01-01T00:00:01+00:00"
     [user] = parse_rows(user_row(merge.records[7]))
+    assert merge.users() == [user_row(merge.records[7])]
     assert dict(zip(USER_COLUMNS, user, strict=True)) == {
         "author_id": "42", "lang": "en", **{k: values[k] for k in USER_COLUMNS[2:]}}
 
@@ -133,8 +164,7 @@ def test_users_come_from_each_authors_latest_tweet_that_carries_the_author() -> 
                              message(20, author="9", followers=3),
                              message(40, author="9", include_author=False),
                              message(50, author="77", include_author=False)))
-    users = [parse_rows(user_row(r))[0] for r in users_in_order(merge.records,
-                                                                 merge.sorted_ids())]
+    users = [parse_rows(row)[0] for row in merge.users()]
     assert [u[0] for u in users] == ["9", "10", "77"]  # numeric order, not text order
     assert users[0][USER_COLUMNS.index("author.public_metrics.followers_count")] == "1"
     assert users[2][2:] == [""] * 10
@@ -193,3 +223,57 @@ def test_report_written_before_a_server_joined_is_still_read() -> None:
                                     daily_report.HourLine("02", {"s1": 1, "s2": 1}, 1, 0),
                                     ("s1", "s2"))
     assert report.rows["01"]["s1"] == "9" and report.rows["01"]["s2"] == ""
+
+
+def _stamp(second: int) -> str:
+    return f"2026-01-01T00:00:{second:02d}+00:00"
+
+
+# (server number, minute, chunk): ties, earlier copies read later, duplicates within a chunk
+# and across servers, and bad lines, so the merge of partial indexes meets every case.
+GROUPED_CHUNKS = [
+    (0, 0, chunk(message(1, "late", retrieved_at=_stamp(5)), message(2), message(2))),
+    (0, 0, chunk(message(3, retrieved_at=_stamp(7)), b"junk\n")),
+    (0, 1, chunk(message(1, "tie", retrieved_at=_stamp(5)), message(4, retrieved_at=""))),
+    (1, 0, chunk(message(1, "early", retrieved_at=_stamp(2)), message(5))),
+    (1, 1, chunk(message(3, "b", retrieved_at=_stamp(7)), message(4, retrieved_at=_stamp(9)),
+                 orjson.dumps({"errors": []}) + b"\n")),
+    (1, 2, chunk(message(2, retrieved_at=_stamp(0)), message(6))),
+]
+
+
+def _index(parts: list[tuple[int, int, bytes]], first_no: int = 0) -> HourIndex:
+    index = HourIndex(("a", "b"))
+    for number, (server, minute, data) in enumerate(parts, start=first_no):
+        index.add_chunk(server, data, minute, number)
+    return index
+
+
+def _summary(index: HourIndex) -> tuple[Any, ...]:
+    return (index.entries, index.duplicates, dict(index.skipped), index.lines, index.chunks,
+            index.minute_counts(), index.server_counts(), index.diff())
+
+
+@pytest.mark.parametrize("cuts", [(1,), (2,), (3,), (5,), (2, 4), (1, 3, 5)])
+def test_indexes_of_consecutive_chunk_groups_merge_exactly_like_one_pass(
+        cuts: tuple[int, ...]) -> None:
+    whole = _index(GROUPED_CHUNKS)
+    bounds = [0, *cuts, len(GROUPED_CHUNKS)]
+    parts = [_index(GROUPED_CHUNKS[a:b], a) for a, b in itertools.pairwise(bounds)]
+    merged = parts[0]
+    for later in parts[1:]:
+        merged.absorb(later)
+    assert _summary(merged) == _summary(whole)
+    assert whole.duplicates == 6 and whole.server_counts() == [4, 6]
+    kept_chunk = {i: int.from_bytes(e[8:12], "little") for i, e in whole.entries.items()}
+    # earliest retrieval wins; a tie stays with the first read; no time loses to any time
+    assert kept_chunk == {1: 3, 2: 5, 3: 1, 4: 4, 5: 3, 6: 5}
+
+
+def test_minute_counts_are_distinct_tweets_per_server_and_minute() -> None:
+    index = HourIndex(("a", "b", "c"))
+    index.add_chunk(0, chunk(message(1), message(2), message(2)), 0)
+    index.add_chunk(0, chunk(message(2), message(3), b"not json\n"), 0)  # same minute, reopened
+    index.add_chunk(0, chunk(message(1)), 1)  # seen again a minute later: counted there too
+    index.add_chunk(1, chunk(message(1), orjson.dumps({"errors": []}) + b"\n"), 5)
+    assert index.minute_counts() == {"a": {0: 3, 1: 1}, "b": {5: 1}, "c": {}}
