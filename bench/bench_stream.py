@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.doubles.fake_api import FakeStreamAPI
+from tests.lab.local import write_settings
 
 TOKEN = "bench-token"
 SAMPLED_STREAM_AVERAGE_RATE = 60.0  # ~5 million tweets a day in the 1% sample
@@ -64,22 +65,6 @@ def run_capturer(name: str, command: list[str], out: Path, seconds: float, warmu
     return Result(name, (second - first) / (t2 - t1), lines, usage.ru_utime + usage.ru_stime)
 
 
-def settings_file(folder: Path, api_url: str) -> Path:
-    keys = folder / "keys"
-    keys.mkdir()
-    token = keys / "twitter_api.txt"
-    token.write_text(f"bearer_token={TOKEN}\n")
-    token.chmod(0o600)
-    path = folder / "server_settings.txt"
-    path.write_text("\n".join([
-        f"API_key_dst={keys}", f"data_storage_dst={folder / 'data'}", "username=bench",
-        "groupname=bench", "server_id=bench", "role=secondary", "servers=bench",
-        "main_host=127.0.0.1", "main_user=bench", f"api_base_url={api_url}",
-        "notifications=False",
-    ]) + "\n")
-    return path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -96,7 +81,7 @@ def main() -> int:
             with FakeStreamAPI([TOKEN], rate=1e9, heartbeat_interval=20, quiet=True) as api:
                 if name == "collector":
                     command = [sys.executable, "-m", "collector", "--settings",
-                               str(settings_file(folder, api.url)), "stream"]
+                               str(write_settings(folder, api.url, TOKEN)), "stream"]
                     out = folder / "data"
                 else:
                     out = folder / "seed"

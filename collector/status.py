@@ -120,8 +120,10 @@ def stream_part(status: HostStatus, settings: Settings, now: float) -> None:
         if now - since > DISCONNECTED_DEGRADED_AFTER:
             status.worsen(Verdict.DEGRADED,
                           f"not connected for {now - since:.0f} s: {record.get('last_error', '')}")
-    elif record.get("stalled"):
-        status.worsen(Verdict.DEGRADED, "connected but no tweet arrives (stall)")
+            return
+    if record.get("stalled"):
+        quiet = now - max(last_tweet, float(record.get("started_at", 0)))
+        status.worsen(Verdict.DEGRADED, f"no tweet for {quiet:.0f} s (stall)")
 
 
 def secondary_part(status: HostStatus, settings: Settings, now: float) -> None:

@@ -31,6 +31,8 @@ WRITE_INTERVAL = 0.5  # seconds between writes of the backlog to the chunk
 SYNC_INTERVAL = 2.0  # seconds between fsyncs: a crash loses at most this much
 WRITE_BATCH = 256 * 1024  # write early when this much is waiting
 HEALTH_INTERVAL = 2.0
+IDLE_WAIT = 0.05  # seconds the writer sleeps when nothing is queued
+RECEIVE_BATCH = 10000  # lines moved per loop turn, so timers still run under full load
 DISK_RETRY_INTERVAL = 2.0
 STOP_DRAIN_SECONDS = 30.0  # how long a stop waits for a full disk before giving up
 
@@ -96,9 +98,7 @@ def run_stream(settings: Settings, notifier: notify.Notifier,
     health_file = HealthFile(health_path)
     writer = ChunkWriter(settings.data_storage_dst, settings.server_id, settings.timezone,
                          started_at=time.time())
-    # queue.Queue, not SimpleQueue: SimpleQueue.get(timeout=...) in the main thread was seen
-    # to block for good once SIGTERM's handler ran during the wait (CPython 3.11).
-    inbox: queue.Queue[tuple[float, bytes]] = queue.Queue()
+    inbox: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
 
     def deliver(received_at: float, message: dict[str, Any]) -> None:
         health.messages += 1
@@ -141,7 +141,7 @@ class _WriterLoop:
 
     def __init__(self, settings: Settings, notifier: notify.Notifier, writer: ChunkWriter,
                  health: StreamHealth, health_file: HealthFile,
-                 inbox: queue.Queue[tuple[float, bytes]], capture: Capture) -> None:
+                 inbox: queue.SimpleQueue[tuple[float, bytes]], capture: Capture) -> None:
         self.settings = settings
         self.notifier = notifier
         self.writer = writer
@@ -154,7 +154,11 @@ class _WriterLoop:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            self._receive(timeout=0.25)
+            if not self._receive():
+                # Poll rather than block on the queue: a blocking get would wake this thread
+                # for every message (GIL ping-pong with the reader, a third of the speed),
+                # and SimpleQueue.get(timeout=...) was seen to hang after SIGTERM's handler.
+                stop.wait(IDLE_WAIT)
             now = time.time()
             self.writer.tick(now)
             waiting = self.writer.backlog_bytes
@@ -165,19 +169,15 @@ class _WriterLoop:
             if now - self.last_health >= HEALTH_INTERVAL:
                 self.write_health()
 
-    def _receive(self, timeout: float) -> None:
-        """Move everything queued into the writer, waiting at most `timeout` for the first."""
-        try:
-            received_at, line = self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            return
-        self._add(received_at, line)
-        for _ in range(10000):
+    def _receive(self) -> int:
+        """Move what is queued (at most a batch) into the writer; return how many lines."""
+        for moved in range(RECEIVE_BATCH):
             try:
                 received_at, line = self.inbox.get_nowait()
             except queue.Empty:
-                return
+                return moved
             self._add(received_at, line)
+        return RECEIVE_BATCH
 
     def _add(self, received_at: float, line: bytes) -> None:
         if not self.writer.add(received_at, line):
@@ -216,18 +216,18 @@ class _WriterLoop:
         return True
 
     def _watch_stall(self, now: float) -> None:
+        """A stall is no tweet for `stall_seconds`, across reconnects; each connection that
+        stays quiet that long is alerted and replaced by a fresh one."""
         health = self.health
-        if not health.connected:
-            health.stalled = False
-            return
-        quiet_since = max(health.last_tweet_at, health.connected_since)
-        quiet = now - quiet_since
         limit = self.settings.stall_seconds
-        if quiet < limit:
-            health.stalled = False
-            return
-        health.stalled = True
-        if now - self.stall_alerted_at >= limit:
+        quiet = now - max(health.last_tweet_at, health.started_at)
+        stalled = quiet >= limit
+        if stalled != health.stalled:
+            health.stalled = stalled
+            self.write_health()  # status must see a stall at once, not at the next tick
+        connection_quiet = now - max(health.last_tweet_at, health.connected_since)
+        if (stalled and health.connected and connection_quiet >= limit
+                and now - self.stall_alerted_at >= limit):
             self.stall_alerted_at = now
             self.capture.stall_detected(quiet)
 
@@ -242,7 +242,8 @@ class _WriterLoop:
 
     def drain_and_close(self) -> None:
         """On stop: write everything received, close the open chunk, wait out a full disk."""
-        self._receive(timeout=0.0)
+        while self._receive():
+            pass
         self.writer.close()
         deadline = time.time() + STOP_DRAIN_SECONDS
         while True:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from collector.commands import settings_from_args
+from collector.commands import argument_type, settings_from_args
 from collector.errors import CollectorError
 from collector.layout import HourKey
 from collector.process import process
@@ -13,15 +13,8 @@ from collector.process import process
 log = logging.getLogger("collector.process")
 
 
-def _hour(text: str) -> HourKey:
-    try:
-        return HourKey.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hour", type=_hour, metavar="YYYY-mm-ddTHH",
+    parser.add_argument("--hour", type=argument_type(HourKey.parse), metavar="YYYY-mm-ddTHH",
                         help="process only this hour (again, even if done); `HHb` names the "
                              "repeated hour of a fall-back day")
     parser.add_argument("--force", action="store_true",

@@ -6,19 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from collector.commands import settings_from_args
+from collector.commands import argument_type, settings_from_args
 from collector.report import build_report, parse_day, send_report, write_plot, yesterday
 
 
-def _day(text: str) -> str:
-    try:
-        return parse_day(text)
-    except ValueError as error:  # argparse shows only ArgumentTypeError's own message
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--day", type=_day, metavar="YYYY-mm-dd",
+    parser.add_argument("--day", type=argument_type(parse_day), metavar="YYYY-mm-dd",
                         help="the day to report on (default: yesterday in the settings' "
                              "timezone)")
     parser.add_argument("--send", action="store_true",

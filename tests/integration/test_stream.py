@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,10 +85,16 @@ def test_plain_capture_and_clean_stop(write_settings: SettingsWriter, api: FakeS
     run.start()
     wait_for(lambda: sent(api) >= 100, 60, "100 messages",
              explain(api, run))
-    code, status = run.status()
-    assert code == 0, status
-    assert status["stream"]["connected"] is True
-    assert status["stream"]["open_chunk"].endswith(".jsonl.part")
+    # The health record is rewritten every 2 s: the first one may predate the connection.
+    seen: dict[str, Any] = {}
+
+    def healthy() -> bool:
+        code, status = run.status()
+        seen.update(status)
+        return (code == 0 and status["stream"]["connected"] is True
+                and status["stream"]["open_chunk"].endswith(".jsonl.part"))
+
+    wait_for(healthy, 10, "status to say connected, with an open chunk", explain(api, run))
     quiesce(api)
     assert run.stop() == 0
     assert assert_exactly_once(api, run) >= 100
@@ -202,7 +209,9 @@ def test_heartbeat_only_stall_is_degraded_and_alerted(write_settings: SettingsWr
         return code == 1
 
     wait_for(degraded, 30, "status to say degraded", explain(api, run))
-    assert seen["problems"] == ["connected but no tweet arrives (stall)"]
+    problems = seen["problems"]
+    assert isinstance(problems, list) and len(problems) == 1
+    assert problems[0].startswith("no tweet for ") and problems[0].endswith(" s (stall)")
     api.clear_faults()  # the collector reconnects after the alert; tweets flow again
     wait_for(lambda: run.status()[0] == 0, 60, "the stream to be healthy again",
              explain(api, run))

@@ -28,12 +28,13 @@ from tests.doubles.fake_api import FakeStreamAPI, Fault
 TOKEN = "lab-token-local"
 
 
-def write_settings(folder: Path, api_url: str) -> Path:
+def write_settings(folder: Path, api_url: str, token: str = TOKEN) -> Path:
+    """A one-server settings file (with its token file) for a stream against `api_url`."""
     keys = folder / "keys"
     keys.mkdir(parents=True, exist_ok=True)
-    token = keys / "twitter_api.txt"
-    token.write_text(f"bearer_token={TOKEN}\n")
-    token.chmod(0o600)
+    token_file = keys / "twitter_api.txt"
+    token_file.write_text(f"bearer_token={token}\n")
+    token_file.chmod(0o600)
     path = folder / "server_settings.txt"
     path.write_text("\n".join([
         f"API_key_dst={keys}", f"data_storage_dst={folder / 'data'}", "username=lab",
