@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := jq xz-utils rsync openssh-server openssh-client debootstrap systemd-container openssl
 LAB_SECONDS ?= 60
 
-.PHONY: all deps venv lint test unit integration bench bench-stream bench-process lab lab-down lab-status lab-local wheelhouse ansible-lint molecule clean
+.PHONY: all deps venv lint test unit integration bench bench-stream bench-process lab lab-down lab-status lab-local wheelhouse ansible-lint molecule faults clean
 
 all: test
 
@@ -62,6 +62,11 @@ wheelhouse: venv
 # summary. LAB_HOSTS=3 for three hosts; `make lab-down` stops everything it started.
 lab: deps venv
 	$(PY) -m tests.lab.fleet up --seconds $(LAB_SECONDS)
+
+# The fault suite (root only): boots its own lab "faults", runs every scenario, rewrites
+# docs/RELIABILITY.md, brings the lab down. FAULTS="--scenario NAME ..." picks scenarios.
+faults: deps venv
+	$(PY) -m tests.faults.run $(FAULTS)
 
 lab-down:
 	$(PY) -m tests.lab.fleet down
