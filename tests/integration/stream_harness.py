@@ -22,6 +22,8 @@ import orjson
 from tests.doubles.fake_api import FakeStreamAPI, Fault
 
 TOKEN = "test-token-1"
+# Every process started here, so a test that fails half-way leaves none running.
+STARTED: list[subprocess.Popen[bytes]] = []
 BACKOFF_SCALE = "0.01"
 
 
@@ -69,6 +71,7 @@ class StreamRun:
             [sys.executable, "-m", "collector", "--settings", str(self.settings_path), "stream"],
             stdout=log, stderr=log, env=env,
         )
+        STARTED.append(self.process)
         log.close()
         return self
 
@@ -111,6 +114,15 @@ class StreamRun:
             capture_output=True, timeout=30, check=False,
         )
         return result.returncode, orjson.loads(result.stdout)
+
+
+def kill_leftovers() -> None:
+    """Kill what a failed test left running (a passing test has stopped its process)."""
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def quiesce(api: FakeStreamAPI, settle: float = 1.0) -> None:

@@ -23,6 +23,7 @@ from tests.integration.stream_harness import (
     StreamRun,
     assert_exactly_once,
     explain,
+    kill_leftovers,
     quiesce,
     wait_for,
 )
@@ -30,6 +31,12 @@ from tests.integration.stream_harness import (
 pytestmark = pytest.mark.integration
 
 RATE = 100.0
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture
