@@ -71,7 +71,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import select
 import signal
 import socket
@@ -91,6 +90,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from tests.doubles.portfile import write_port_file
 from tests.doubles.samples import (
     DEFAULT_TWEET_FIELDS,
     DEFAULT_USER_FIELDS,
@@ -1019,12 +1019,6 @@ def _describe(fault: Fault) -> str:
     return " ".join([fault.kind, *extra])
 
 
-def _write_port_file(path: Path, port: int) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(f"{port}\n")
-    os.replace(temporary, path)
-
-
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fake X API v2 sampled stream.")
     parser.add_argument("--host", default="127.0.0.1")
@@ -1052,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     api.start()
     if args.port_file is not None:
-        _write_port_file(args.port_file, api.port)
+        write_port_file(args.port_file, api.port)
     print(api.port, flush=True)
     while not done.wait(1):
         pass

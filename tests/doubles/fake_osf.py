@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from tests.doubles.portfile import write_port_file
+
 PAGE_SIZE = 10
 MAX_PAGE_SIZE = 100
 ROOT_ID = ""  # the storage root; its WaterButler path is "/"
@@ -585,9 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     fake.start()
     if args.port_file is not None:
-        tmp = args.port_file.with_name(args.port_file.name + ".tmp")
-        tmp.write_text(f"{fake.port}\n")
-        tmp.replace(args.port_file)
+        write_port_file(args.port_file, fake.port)
     print(f"fake OSF listening on {fake.url} (project {fake.project})", flush=True)
     stop.wait()
     fake.stop()

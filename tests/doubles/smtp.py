@@ -36,6 +36,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from tests.doubles.portfile import write_port_file
+
 
 class _FreePortController(Controller):
     """aiosmtpd's Controller, able to bind port 0 and learn the port the kernel chose
@@ -183,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     with SmtpDouble(args.user, args.password, host=args.host, port=args.port,
                     cert=args.tls_cert, key=args.tls_key, maildir=args.maildir) as smtp:
         if args.port_file is not None:
-            temporary = args.port_file.with_name(args.port_file.name + ".tmp")
-            temporary.write_text(f"{smtp.port}\n")
-            temporary.rename(args.port_file)
+            write_port_file(args.port_file, smtp.port)
         print(f"smtp double listening on {args.host}:{smtp.port}", flush=True)
         stop.wait()
     return 0
