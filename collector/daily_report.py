@@ -3,7 +3,8 @@
 Columns: `hour`, one per server id in `servers` order (distinct tweets that server captured),
 `total` (distinct tweets), `diff` (tweets not captured by every server), `diff %` (diff as a
 percentage of total, two decimals), then the merge's own counts: `duplicates` (lines whose
-tweet id was already merged, within or across servers), `chunks`, and one column per skip
+tweet id was already merged, within or across servers, or received in the previous hour
+already), `chunks`, and one column per skip
 reason (`not_json`, `torn_line`, `no_data`, `bad_tweet`).
 
 The file is read by column name, so a report written before a server joined the fleet is

@@ -249,6 +249,18 @@ ENTRY_SIZE = _ENTRY.size
 LineReader = Callable[[int, int, int], bytes]
 
 
+def tweet_ids_in(data: bytes) -> set[int]:
+    """Every tweet id of one chunk's messages (lines that are not tweets are ignored)."""
+    found: set[int] = set()
+    for line, _ in split_chunk(data):
+        tweets = _tweets_of(parse_json_line(line)) if line.strip() else None
+        for tweet in tweets or ():
+            tweet_id = tweet_id_of(tweet) if isinstance(tweet, dict) else None
+            if tweet_id is not None:
+                found.add(tweet_id)
+    return found
+
+
 def _tweets_of(message: Any) -> list[Any] | None:
     """The tweet objects of a parsed line, or None when it carries none."""
     if not isinstance(message, dict):
@@ -437,6 +449,21 @@ class HourIndex:
         tweet, message, mask = self.kept_copy(tweet_id, read_line)
         return tweet_record(tweet_id, tweet, message, _retrieved_at(message), mask)
 
+    def drop_received_earlier(self, earlier_ids: set[int]) -> int:
+        """Remove the tweets the previous hour already received; returns how many.
+
+        A tweet belongs to the hour of its first receipt by any server: a copy received
+        again in this hour (a backfill after a reconnect, or two servers' clocks either
+        side of the hour) would otherwise be published in two hours. Each removed id
+        counts as a duplicate; the coverage counts keep it (they describe capture).
+        """
+        entries = self.entries
+        dropped = [tweet_id for tweet_id in earlier_ids if tweet_id in entries]
+        for tweet_id in dropped:
+            del entries[tweet_id]
+        self.duplicates += len(dropped)
+        return len(dropped)
+
     def absorb(self, later: HourIndex) -> None:
         """Merge in the index of the chunks that come after this one's in reading order.
 
@@ -530,17 +557,19 @@ def blocks_of(rows: Iterable[bytes], block_size: int, header: bytes = b"") -> It
     """Cut a stream of rows into blocks of at least `block_size` bytes, at row boundaries.
 
     The cut points depend only on the bytes, never on timing or thread count, which keeps the
-    compressed output byte-identical from run to run.
+    compressed output byte-identical from run to run. No rows and no header still give one
+    (empty) block, so an hour without tweets is a valid, empty `.xz` file.
     """
     parts = [header] if header else []
     size = len(header)
+    cut = False
     for row in rows:
         parts.append(row)
         size += len(row)
         if size >= block_size:
             yield b"".join(parts)
-            parts, size = [], 0
-    if parts:
+            parts, size, cut = [], 0, True
+    if parts or not cut:
         yield b"".join(parts)
 
 

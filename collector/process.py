@@ -12,6 +12,12 @@ only means the hour is processed again, with byte-identical results. Raw chunks 
 then the whole hour's chunks are removed together and the hour is marked pruned (a chunk
 arriving even later cannot be merged completely any more: it is logged and removed).
 
+Hour boundaries: a tweet belongs to the hour of its first receipt by any server. A copy
+received again after the hour changed (a `backfill_minutes` reconnect, two servers' clocks
+either side of the boundary) is dropped from the later hour: each hour is merged together
+with the ids of the previous hour's last `LOOKBACK_MINUTES` of chunks, and those chunks are
+part of what the ledger records for it, so a late one there reprocesses both hours.
+
 Safety: one run at a time (`flock` on `state_dir/process.lock`); outputs are written
 atomically (collector.outputs); inputs are only ever read, and removed only by retention
 after their hour's outputs exist.
@@ -55,6 +61,7 @@ from collector.merge import (
     HourIndex,
     blocks_of,
     header_line,
+    tweet_ids_in,
 )
 from collector.merge import TWEET_COLUMNS as TWEET_HEADER
 from collector.outputs import (
@@ -207,6 +214,29 @@ class Ledger:
 
 # ---- planning (pure given the scan) ----------------------------------------------------------
 
+# How far back into the previous hour a repeated receipt is looked for: backfill reaches 5
+# minutes back, plus delivery delay and clock differences between servers.
+LOOKBACK_MINUTES = 10
+
+
+def previous_hour(hour: HourKey, settings: Settings) -> HourKey:
+    start, _ = hour_bounds(hour, settings.timezone)
+    return hour_of(start - timedelta(minutes=1), settings.timezone)
+
+
+def lookback_chunks(hour: HourKey, scan: dict[HourKey, list[ChunkFile]],
+                    settings: Settings) -> list[ChunkFile]:
+    """The previous hour's chunks of its last `LOOKBACK_MINUTES` (every server)."""
+    return [chunk for chunk in scan.get(previous_hour(hour, settings), [])
+            if chunk_minute(chunk.path) >= 60 - LOOKBACK_MINUTES]
+
+
+def hour_inputs(hour: HourKey, scan: dict[HourKey, list[ChunkFile]],
+                settings: Settings) -> list[ChunkFile]:
+    """Every chunk an hour's outputs depend on: its own and the previous hour's tail."""
+    return scan.get(hour, []) + lookback_chunks(hour, scan, settings)
+
+
 def hour_exists(hour: HourKey, settings: Settings) -> bool:
     """False for the hour clocks skip in spring, or a `b` hour on a day without fall-back."""
     start, _ = hour_bounds(hour, settings.timezone)
@@ -233,7 +263,7 @@ def due_hours(scan: dict[HourKey, list[ChunkFile]], ledger: Ledger, settings: Se
         if not is_due(hour, settings, now) or ledger.is_pruned(hour):
             continue
         outputs_there = all(path.exists() for path in output_paths(vault, hour))
-        if not outputs_there or not ledger.is_current(hour, scan[hour]):
+        if not outputs_there or not ledger.is_current(hour, hour_inputs(hour, scan, settings)):
             due.append(hour)
     return due
 
@@ -311,8 +341,23 @@ def chunk_minute(path: Path) -> int:
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 
 
+def received_earlier(chunks: list[ChunkFile]) -> set[int]:
+    """Tweet ids in these chunks (the previous hour's tail); a vanished chunk is skipped."""
+    found: set[int] = set()
+    for chunk in chunks:
+        try:
+            found |= tweet_ids_in(chunk.path.read_bytes())
+        except FileNotFoundError:
+            log.warning("chunk %s vanished while processing", chunk.path)
+        except OSError as error:
+            raise CollectorError(f"cannot read chunk {chunk.path}: "
+                                 f"{os.strerror(error.errno or 0)}") from None
+    return found
+
+
 def read_hour(hour: HourKey, chunks: list[ChunkFile], servers: tuple[str, ...],
-              timings: Timings, workers: int = 1) -> HourRead:
+              timings: Timings, workers: int = 1,
+              earlier: list[ChunkFile] | None = None) -> HourRead:
     """Pass 1: index every chunk of the hour (one small entry per distinct tweet).
 
     A large hour is split into `workers` groups of consecutive chunks (cut only where the
@@ -320,7 +365,8 @@ def read_hour(hour: HourKey, chunks: list[ChunkFile], servers: tuple[str, ...],
     interpreters (`python -m collector.process --index`), so parsing uses every core; the
     partial indexes are then merged in chunk order (`HourIndex.absorb`), which gives the
     same result as one pass. Helpers read the chunks through this process's descriptors
-    (`/proc/<pid>/fd/<n>`), so pass 1 and pass 2 see the very same files.
+    (`/proc/<pid>/fd/<n>`), so pass 1 and pass 2 see the very same files. Tweets found in
+    `earlier` (the previous hour's tail) are then dropped: they belong to that hour.
     """
     lines = KeptLines()
     try:
@@ -340,6 +386,8 @@ def read_hour(hour: HourKey, chunks: list[ChunkFile], servers: tuple[str, ...],
         index = partials[0][0] if partials else mine[0]
         for partial, _ in partials[1:] + ([mine] if partials else []):
             index.absorb(partial)
+        if earlier:
+            index.drop_received_earlier(received_earlier(earlier))
         read_seconds = max([mine[1], *(p[1] for p in partials)])
         timings.reading += read_seconds
         timings.merging += time.perf_counter() - started - read_seconds
@@ -667,12 +715,13 @@ def _run_pipeline(todo: list[HourKey], scan: dict[HourKey, list[ChunkFile]], set
         for number, hour in enumerate(todo):
             progress.reading(hour)
             chunks = scan[hour]
-            hour_read = read_hour(hour, chunks, settings.servers, timings, workers)
+            earlier = lookback_chunks(hour, scan, settings)
+            hour_read = read_hour(hour, chunks, settings.servers, timings, workers, earlier)
             if number + 1 < len(todo):
                 read_ahead(scan[todo[number + 1]])
             hour_result = write_hour(hour, hour_read, settings, vault, pool, workers, timings)
             del hour_read
-            ledger.record(hour_result.hour, chunks)
+            ledger.record(hour_result.hour, chunks + earlier)
             ledger.save()
             result.hours.append(hour_result)
             progress.finished(hour_result)

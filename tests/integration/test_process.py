@@ -6,6 +6,7 @@ modules, from the same raw chunks (`expected_hour`), never by calling the collec
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -67,8 +68,29 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def received_in_previous_hour(sources: list[tuple[str, Path]], hour: HourKey) -> set[int]:
+    """Tweet ids in any server's chunks of the previous hour's last ten minutes."""
+    start = datetime.strptime(f"{hour.day} {hour.hour[:2]}", "%Y-%m-%d %H").replace(
+        tzinfo=CET, fold=int(hour.hour.endswith("b")))
+    before = (start.astimezone(UTC) - timedelta(minutes=1)).astimezone(CET)
+    label = f"{before:%H}" + ("b" if before.fold else "")
+    found = set()
+    for _, root in sources:
+        for path in (root / f"{before:%Y-%m-%d}" / label).glob("*.jsonl"):
+            if int(re.search(r"_\d\d\w?-(\d\d)", path.name)[1]) < 50:  # type: ignore[index]
+                continue
+            for line in path.read_bytes().split(b"\n"):
+                with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+                    found.add(int(json.loads(line)["data"]["id"]))
+    return found
+
+
 def expected_hour(sources: list[tuple[str, Path]], hour: HourKey) -> dict[str, Any]:
-    """IDs, tweets rows, users rows and report numbers, straight from the chunk files."""
+    """IDs, tweets rows, users rows and report numbers, straight from the chunk files.
+
+    A tweet received in the previous hour's last ten minutes already belongs to that hour.
+    """
+    earlier = received_in_previous_hour(sources, hour)
     kept: dict[int, tuple[str, list[str], bool]] = {}
     seen_by: dict[int, set[str]] = {}
     by_minute: dict[str, dict[str, set[int]]] = {server: {} for server, _ in sources}
@@ -106,8 +128,10 @@ def expected_hour(sources: list[tuple[str, Path]], hour: HourKey) -> dict[str, A
                     a.get("name"), a.get("username"), a.get("verified"), a.get("protected"),
                     metrics.get("followers_count"), metrics.get("following_count"),
                     metrics.get("tweet_count"), metrics.get("listed_count"))]
-                seen_by.setdefault(tweet_id, set()).add(server)
                 by_minute[server].setdefault(minute, set()).add(tweet_id)
+                if tweet_id in earlier:
+                    continue
+                seen_by.setdefault(tweet_id, set()).add(server)
                 if tweet_id not in kept or retrieved < kept[tweet_id][0]:
                     kept[tweet_id] = (retrieved, row, author is not None)
     ids = sorted(kept)
@@ -316,6 +340,44 @@ def test_late_chunk_reprocesses_the_hour_with_everything(main_settings: Settings
     after = read_outputs(vault, HOUR)
     assert int(after["report"]["10"]["total"]) == int(before["report"]["10"]["total"]) + 1
     assert len(after["report"]) == 1  # the line was replaced, not added
+
+
+def test_a_tweet_received_again_after_the_hour_changed_is_published_once(
+        main_settings: Settings) -> None:
+    """Clocks either side of the hour, a backfill after a reconnect, and a secondary's late
+    chunk of the previous hour's tail: each tweet lands in the hour of its first receipt."""
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    factory = MessageFactory(base_time=HOUR_START)
+    boundary = HOUR_START + timedelta(hours=1)  # 10 -> 11 in CET
+    straddling, backfilled, late_seen = (factory.message(i) for i in range(3))
+    write_chunk(main_settings, "srv1", boundary - timedelta(seconds=1),
+                [stream_line(straddling, boundary - timedelta(milliseconds=2)),
+                 stream_line(backfilled, boundary - timedelta(seconds=40))])
+    write_chunk(main_settings, "srv2", boundary,
+                [stream_line(straddling, boundary + timedelta(milliseconds=3)),
+                 stream_line(late_seen, boundary + timedelta(seconds=2))])
+    # srv1 reconnects at 11:02 with backfill_minutes=5: the last minutes come again.
+    write_chunk(main_settings, "srv1", boundary + timedelta(minutes=2),
+                [stream_line(m, boundary + timedelta(minutes=2))
+                 for m in (straddling, backfilled, late_seen)])
+    result = process(main_settings, now=boundary + timedelta(hours=2))
+    assert [str(r.hour) for r in result.hours] == ["2026-02-03T10", "2026-02-03T11"]
+    ten, eleven = HOUR, HourKey("2026-02-03", "11")
+    ids = {tweet["data"]["id"] for tweet in (straddling, backfilled, late_seen)}
+    assert set(read_outputs(vault, ten)["ids"]) == ids - {late_seen["data"]["id"]}
+    assert read_outputs(vault, eleven)["ids"] == [late_seen["data"]["id"]]
+    # two repeats within 11, two tweets that 10 already received
+    assert read_outputs(vault, eleven)["report"]["11"]["duplicates"] == "4"
+    # srv3's chunk of 10:58 arrives hours later: it saw late_seen first, so both hours change.
+    write_chunk(main_settings, "srv3", boundary - timedelta(minutes=2),
+                [stream_line(late_seen, boundary - timedelta(minutes=2))])
+    result = process(main_settings, now=boundary + timedelta(hours=4))
+    assert [str(r.hour) for r in result.hours] == ["2026-02-03T10", "2026-02-03T11"]
+    assert set(read_outputs(vault, ten)["ids"]) == ids
+    assert read_outputs(vault, eleven)["ids"] == []
+    for hour in (ten, eleven):
+        assert_matches(vault, hour, all_sources(main_settings))
 
 
 def test_catch_up_processes_every_due_hour_and_retention_removes_old_chunks(

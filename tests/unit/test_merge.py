@@ -277,3 +277,9 @@ def test_minute_counts_are_distinct_tweets_per_server_and_minute() -> None:
     index.add_chunk(0, chunk(message(1)), 1)  # seen again a minute later: counted there too
     index.add_chunk(1, chunk(message(1), orjson.dumps({"errors": []}) + b"\n"), 5)
     assert index.minute_counts() == {"a": {0: 3, 1: 1}, "b": {5: 1}, "c": {}}
+
+
+def test_no_rows_still_make_one_block_so_an_empty_hour_is_valid_xz() -> None:
+    assert list(blocks_of(iter([]), 100)) == [b""]
+    assert list(blocks_of(iter([]), 100, b"h\n")) == [b"h\n"]
+    assert list(blocks_of(iter([b"x" * 100]), 100)) == [b"x" * 100]
