@@ -7,7 +7,8 @@ are easy to read in one place:
   window (from `GET /_control/log`), minus those already sent before the window began;
 * published: those of the sent ids that appear in the main's `IDs.txt.xz` of the hours involved;
 * lost: sent but not published;
-* duplicated: sent ids that appear more than once in one hour's IDs file or tweets file.
+* duplicated: sent ids that appear more than once in one hour's IDs file or tweets file, or
+  in the IDs files of two hours.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def outcome(scenario: str, sent: set[str], ids_files: Iterable[Counter[str]],
     published: set[str] = set()
     duplicated: set[str] = set()
     for counts in ids_files:
+        # An id already published by an earlier hour of the window is counted twice too.
+        duplicated.update(counts.keys() & published)
         published.update(counts.keys() & sent)
         duplicated.update(key for key, count in counts.items() if count > 1 and key in sent)
     for counts in tweets_files:
@@ -132,7 +135,8 @@ def render(outcomes: Iterable[Outcome], context: str) -> str:
              "hosts (`tests/faults/`). *sent*: tweet ids the fake API wrote whole to at least "
              "one host during the scenario; *published*: those found in the main's "
              "`IDs.txt.xz` of the hours involved; *lost*: sent but not published; "
-             "*duplicated*: sent ids appearing twice in one hour's IDs or tweets file; "
+             "*duplicated*: sent ids appearing twice in one hour's IDs or tweets file, or in "
+             "two hours' IDs files; "
              "*recovery*: seconds from the end of the fault until every host reports healthy "
              "and streaming (`collector status --json`).", "", context, "",
              "| scenario | sent | published | lost | duplicated | recovery (s) | run (UTC) "
