@@ -3,6 +3,10 @@
 `LogNotifier` writes the alert to the log (journald); email delivery implements the same
 `Notifier` protocol. An alert has a `kind` (a stable key such as `stream_stalled`, used to
 rate-limit repeats) and a subject that must be safe to show to anyone: no secrets.
+
+Alert mails that could not be delivered wait in an outbox (`collector.mail`); commands that
+run on a schedule call `deliver_queued_alerts` so they go out soon after the mail server is
+back even if nothing alerts again.
 """
 
 from __future__ import annotations
@@ -63,3 +67,15 @@ def make_notifier(settings: Settings) -> Notifier:
     from collector.mail import EmailNotifier
 
     return FanOutNotifier(to_log, EmailNotifier(settings))
+
+
+def deliver_queued_alerts(settings: Settings) -> int:
+    """Mail the alerts queued while the mail server was unreachable; never raises.
+
+    Returns how many still wait (0 with notifications off, -1 if unknown).
+    """
+    if not settings.notifications:
+        return 0
+    from collector.mail import deliver_pending
+
+    return deliver_pending(settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from collector.commands import settings_from_args
+from collector.notify import deliver_queued_alerts
 from collector.send import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_RUN_TIMEOUT, send
 
 
@@ -34,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    send(settings, run_timeout=float(args.timeout), io_timeout=args.io_timeout,
-         connect_timeout=args.connect_timeout, bwlimit_kbps=args.bwlimit)
+    try:
+        send(settings, run_timeout=float(args.timeout), io_timeout=args.io_timeout,
+             connect_timeout=args.connect_timeout, bwlimit_kbps=args.bwlimit)
+    finally:
+        # A secondary's hourly job: alerts queued while mail was down go out now.
+        deliver_queued_alerts(settings)
     return 0

@@ -1,4 +1,8 @@
-"""`collector upload [--hour YYYY-mm-ddTHH]`: publish new IDs files and day reports on OSF."""
+"""`collector upload [--hour YYYY-mm-ddTHH]`: publish new IDs files and day reports on OSF.
+
+Being the main's hourly cron job, it also mails the alerts queued while the mail server was
+down (`collector.notify.deliver_queued_alerts`), whether or not the upload itself worked.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 
 from collector.commands import argument_type, settings_from_args
 from collector.layout import HourKey
+from collector.notify import deliver_queued_alerts
 from collector.osf import upload_to_osf
 
 log = logging.getLogger("collector.upload")
@@ -20,5 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    upload_to_osf(settings, args.hour)
+    try:
+        upload_to_osf(settings, args.hour)
+    finally:
+        deliver_queued_alerts(settings)
     return 0

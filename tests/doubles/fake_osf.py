@@ -11,14 +11,26 @@ API and WaterButler share one port: every link it hands out is absolute and poin
 so a client that follows links (as it must, storage hosts vary by region) never notices.
 
 Command line (runs until SIGTERM):
-    python -m tests.doubles.fake_osf --port 0 --token T --project abc12 [--port-file F]
+    python -m tests.doubles.fake_osf --port 0 --token T --project abc12 [--port-file F] \
+        [--state-file F]
+
+With `--state-file` the stored files and folders are written to that JSON file after every
+change and read back at start, so the fault suite can stop the process (OSF down: connection
+refused) and start it again on the same port with its archive intact, as a real OSF that
+comes back still has its files. Faults are injected from outside through the control
+endpoints (no auth, loopback only), which take the same fields as `FakeOSF.inject`:
+`POST /_control/faults` (one JSON object or a list), `GET /_control/faults` (pending ones),
+`DELETE /_control/faults` (drop them all).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import dataclasses
 import hashlib
 import json
+import os
 import random
 import re
 import signal
@@ -118,6 +130,7 @@ class FakeOSF:
         conflict_metadata: bool = True,
         shuffle_listings: bool = False,
         seed: int = 0,
+        state_file: Path | None = None,
     ) -> None:
         self.tokens = {token: "write", **{t: "read" for t in read_only_tokens}}
         self.project = project
@@ -129,6 +142,9 @@ class FakeOSF:
         self.faults: list[Fault] = []
         self.requests: list[LoggedRequest] = []
         self._next_id = 1
+        self.state_file = state_file
+        if state_file is not None and state_file.exists():
+            self._load_state(state_file)
         self.server = ThreadingHTTPServer((host, port), _make_handler(self))
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -187,6 +203,10 @@ class FakeOSF:
         with self.lock:
             self.faults.clear()
 
+    def pending_faults(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dataclasses.asdict(fault) for fault in self.faults if fault.count > 0]
+
     def files(self) -> dict[str, bytes]:
         """Latest bytes of every file, keyed by path without a leading slash."""
         with self.lock:
@@ -219,15 +239,38 @@ class FakeOSF:
                 self._create(parent, name, "file").versions.append(data)
             elif existing.versions[-1] != data:
                 existing.versions.append(data)
+            self._save_state()
 
     def wipe(self) -> None:
         """Delete every file and folder, as a project member could on osf.io."""
         with self.lock:
             self.entries = {ROOT_ID: Entry(ROOT_ID, "folder", "", None)}
+            self._save_state()
 
     def request_count(self, method: str | None = None) -> int:
         with self.lock:
             return sum(1 for r in self.requests if method in (None, r.method))
+
+    # ---- persistence (call with the lock held) ---------------------------------------------
+    def _save_state(self) -> None:
+        """Write every entry (all versions) to the state file, whole or not at all."""
+        if self.state_file is None:
+            return
+        entries = [{**dataclasses.asdict(entry),
+                    "versions": [base64.b64encode(v).decode() for v in entry.versions]}
+                   for entry in self.entries.values()]
+        temporary = self.state_file.with_name(self.state_file.name + ".tmp")
+        temporary.write_text(json.dumps({"next_id": self._next_id, "entries": entries}))
+        os.replace(temporary, self.state_file)
+
+    def _load_state(self, path: Path) -> None:
+        raw = json.loads(path.read_text())
+        self._next_id = int(raw["next_id"])
+        self.entries = {}
+        for item in raw["entries"]:
+            item["versions"] = [base64.b64decode(v) for v in item["versions"]]
+            entry = Entry(**item)
+            self.entries[entry.id] = entry
 
     # ---- storage model (call with the lock held) -------------------------------------------
     def _new_id(self) -> str:
@@ -401,12 +444,18 @@ def _make_handler(fake: FakeOSF) -> type[BaseHTTPRequestHandler]:
         def do_DELETE(self) -> None:
             self._handle("DELETE")
 
+        def do_POST(self) -> None:
+            self._handle("POST")
+
         # ---- plumbing --------------------------------------------------------------------
         def _handle(self, method: str) -> None:
             split = urlsplit(self.path)
             path = re.sub(r"/{2,}", "/", split.path)  # osfclient sends `/v2//guids/...`
             query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
             body = self._read_body()
+            if path.startswith("/_control/"):
+                self._send(*self._control(method, path, body))
+                return
             with fake.lock:
                 fault = next((f for f in fake.faults if f.matches(method, path, split.query)), None)
                 if fault is not None:
@@ -477,6 +526,28 @@ def _make_handler(fake: FakeOSF) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        # ---- control endpoints (the fault suite, from outside the process) ----------------
+        def _control(self, method: str, path: str,
+                     body: bytes | None) -> tuple[int, Any, dict[str, str]]:
+            if path != "/_control/faults":
+                return 404, {"errors": [{"detail": "Not found."}]}, {}
+            if method == "GET":
+                return 200, {"data": fake.pending_faults()}, {}
+            if method == "DELETE":
+                fake.clear_faults()
+                return 200, {"data": []}, {}
+            if method != "POST":
+                return 405, {"errors": [{"detail": "Method not allowed"}]}, {}
+            try:
+                payload = json.loads(body or b"")
+                items = payload if isinstance(payload, list) else [payload]
+                checked = [_fault_fields(item) for item in items]
+            except (ValueError, TypeError, re.error) as error:
+                return 400, {"errors": [{"detail": str(error)}]}, {}
+            for fields in checked:
+                fake.inject(**fields)
+            return 201, {"queued": len(checked)}, {}
+
         # ---- routes ----------------------------------------------------------------------
         def _route(self, method: str, path: str, query: dict[str, str],
                    body: bytes | None) -> tuple[int, Any, dict[str, str]]:
@@ -489,7 +560,7 @@ def _make_handler(fake: FakeOSF) -> type[BaseHTTPRequestHandler]:
                 if method == "PUT" and path.startswith("/v1/"):
                     if scope != "write":
                         return 403, _STATUS_BODIES[403], {}
-                    return self._put(path, query, body)
+                    return self._put_and_save(path, query, body)
             return 405, {"errors": [{"detail": "Method not allowed"}]}, {}
 
         def _get(self, path: str, query: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
@@ -557,7 +628,35 @@ def _make_handler(fake: FakeOSF) -> type[BaseHTTPRequestHandler]:
                 entry.versions.append(body or b"")
             return 201, fake._wb_entity(entry), {}
 
+        def _put_and_save(self, path: str, query: dict[str, str],
+                          body: bytes | None) -> tuple[int, Any, dict[str, str]]:
+            answer = self._put(path, query, body)
+            if answer[0] in (200, 201):
+                fake._save_state()
+            return answer
+
     return Handler
+
+
+_FAULT_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (int, type(None)), "method": (str,), "path": (str,), "query": (str,),
+    "count": (int,), "retry_after": (int, type(None)), "reset": (bool,),
+    "reset_after_store": (bool,), "delay": (int, float),
+}
+
+
+def _fault_fields(item: Any) -> dict[str, Any]:
+    """The keyword arguments of `FakeOSF.inject` from one control request's JSON object."""
+    if not isinstance(item, dict):
+        raise TypeError("a fault is a JSON object")
+    for key, value in item.items():
+        if key not in _FAULT_TYPES:
+            raise ValueError(f"unknown fault field {key!r}")
+        if not isinstance(value, _FAULT_TYPES[key]):
+            raise TypeError(f"fault field {key!r} has the wrong type")
+        if key in ("path", "query"):
+            re.compile(value)
+    return dict(item)
 
 
 def _bearer(header: str) -> str:
@@ -577,11 +676,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shuffle-listings", action="store_true")
     parser.add_argument("--no-conflict-metadata", action="store_true",
                         help="answer file 409s with empty data, as WaterButler < 22.0.0 did")
+    parser.add_argument("--state-file", type=Path,
+                        help="keep the stored files here across restarts (read at start)")
     args = parser.parse_args(argv)
     fake = FakeOSF(token=args.token, project=args.project,
                    read_only_tokens=tuple(args.read_only_token), host=args.host, port=args.port,
                    conflict_metadata=not args.no_conflict_metadata,
-                   shuffle_listings=args.shuffle_listings)
+                   shuffle_listings=args.shuffle_listings, state_file=args.state_file)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

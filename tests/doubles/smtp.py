@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import email
 import email.policy
+import os
 import signal
 import ssl
 import subprocess
@@ -134,7 +135,8 @@ class SmtpDouble:
             number = len(self.messages)
         if self.maildir is not None:
             self.maildir.mkdir(parents=True, exist_ok=True)
-            name = f"{time.strftime('%Y%m%dT%H%M%S')}_{number:05d}.eml"
+            # The process id keeps names unique when the lab restarts the double (SMTP down).
+            name = f"{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}_{number:05d}.eml"
             temporary = self.maildir / f".{name}.tmp"
             temporary.write_bytes(raw)
             temporary.rename(self.maildir / name)

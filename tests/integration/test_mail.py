@@ -19,15 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from collector import notify
+from collector import cli, notify
+from collector.errors import DiskFullError
 from collector.mail import (
     ALERT_STATE_FILE,
     CAFILE_ENV,
+    OUTBOX_DIR,
+    OUTBOX_MAX_AGE,
     EmailNotifier,
     MailCredentials,
+    Outbox,
     send_mail,
 )
-from collector.notify import FanOutNotifier, LogNotifier, make_notifier
+from collector.notify import FanOutNotifier, LogNotifier, deliver_queued_alerts, make_notifier
 from collector.settings import Settings, load_settings
 from tests.conftest import SettingsWriter
 from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
@@ -189,12 +193,167 @@ def test_dead_mail_server_is_logged_and_never_raises(
     notifier = EmailNotifier(settings, background=False)
     notifier.alert(notify.STREAM_CRASHED, "the previous run ended without a clean stop")
     assert (f"alert stream_crashed not emailed: cannot send through 127.0.0.1:{port}: "
-            "Connection refused") in caplog.text
-    # The failed mail does not count as sent: the next occurrence tries again.
+            "Connection refused; kept in the outbox (1 waiting)") in caplog.text
+    # The mail is queued and counts as sent: a repeat within the hour queues nothing more,
+    # but retries the queue.
     caplog.clear()
     notifier.alert(notify.STREAM_CRASHED, "again")
-    assert "Connection refused" in caplog.text
-    assert "already sent" not in caplog.text
+    assert "already sent" in caplog.text
+    assert "Connection refused; kept in the outbox (1 waiting)" in caplog.text
+    assert len(list((settings.state_dir / OUTBOX_DIR).glob("*.json"))) == 1
+
+
+def test_alert_raised_while_mail_is_down_arrives_once_it_is_back(
+        tls_files: tuple[Path, Path], write_settings: SettingsWriter, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The real smtplib against the SMTP double: down (nothing listens on the port), then
+    up on the same port; the queued alert goes out once, on the next scheduled flush."""
+    port = free_port()
+    settings = mail_settings(write_settings, tmp_path, port)
+    caplog.set_level(logging.INFO)
+    notifier = make_notifier(settings)
+    notifier.alert(notify.STREAM_CRASHED, f"crashed; token {BEARER_TOKEN} in a debug text")
+    email_notifier_of(notifier).wait(30)
+    assert "Connection refused; kept in the outbox (1 waiting)" in caplog.text
+    [queued] = (settings.state_dir / OUTBOX_DIR).glob("*.json")
+    stored = queued.read_text()
+    assert "stream_crashed" in stored
+    assert BEARER_TOKEN not in stored and SMTP_PASSWORD not in stored  # redacted before stored
+    assert deliver_queued_alerts(settings) == 1  # still down: still waiting
+
+    cert, key = tls_files
+    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key, port=port) as smtp:
+        assert deliver_queued_alerts(settings) == 0
+        [message] = smtp.wait_for(1)
+        assert deliver_queued_alerts(settings) == 0
+        time.sleep(0.3)
+        assert len(smtp.messages) == 1  # delivered once, not again
+    assert " ".join(str(message["Subject"]).split()) == (
+        "[collector srv1] stream_crashed: crashed; token [redacted] in a debug text")
+    assert "host:   srv1 (secondary)" in message.get_content()
+    assert list((settings.state_dir / OUTBOX_DIR).glob("*.json")) == []
+
+
+def test_queued_mails_go_out_oldest_first_on_the_next_alert(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mail queued earlier (here: by a process that met a dead server) goes out ahead of
+    the next alert, with a line saying it is late."""
+    settings = mail_settings(write_settings, tmp_path, smtp.port)
+    now = [1_800_000_000.0]
+    outbox = Outbox(settings.state_dir)
+    outbox.put(notify.UPLOAD_FAILING, "[collector srv1] upload_failing: OSF 507",
+               "OSF upload failing\n", now[0])
+    now[0] += 600
+    EmailNotifier(settings, clock=lambda: now[0], background=False).alert(
+        notify.DISK_FULL, "disk full")
+    first, second = smtp.wait_for(2)
+    assert first["Subject"] == "[collector srv1] upload_failing: OSF 507"
+    assert "Delivered late: raised" in first.get_content()
+    assert second["Subject"] == "[collector srv1] disk_full: disk full"
+    assert "Delivered late" not in second.get_content()
+    assert len(outbox) == 0
+
+
+def test_held_back_alert_still_retries_the_queue(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path) -> None:
+    settings = mail_settings(write_settings, tmp_path, smtp.port)
+    now = [1_800_000_000.0]
+    notifier = EmailNotifier(settings, clock=lambda: now[0], background=False)
+    notifier.alert(notify.STREAM_FAILING, "HTTP 503")
+    assert len(smtp.wait_for(1)) == 1
+    Outbox(settings.state_dir).put(notify.SEND_FAILING, "queued earlier", "x\n", now[0])
+    now[0] += 60
+    notifier.alert(notify.STREAM_FAILING, "HTTP 503 again")  # held back by the hourly rule
+    assert [m["Subject"] for m in smtp.wait_for(2)] == [
+        "[collector srv1] stream_failing: HTTP 503", "queued earlier"]
+
+
+def test_queued_mails_older_than_the_limit_are_dropped_and_counted(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = mail_settings(write_settings, tmp_path, smtp.port)
+    now = 1_800_000_000.0
+    outbox = Outbox(settings.state_dir)
+    outbox.put(notify.SEND_FAILING, "ancient 1", "x\n", now - OUTBOX_MAX_AGE - 10)
+    outbox.put(notify.SEND_FAILING, "ancient 2", "x\n", now - OUTBOX_MAX_AGE - 5)
+    outbox.put(notify.SEND_FAILING, "recent", "x\n", now - 60)
+    EmailNotifier(settings, clock=lambda: now, background=False).deliver_pending()
+    assert [m["Subject"] for m in smtp.wait_for(1)] == ["recent"]
+    assert "dropped 2 queued alert mail(s) older than 7 days" in caplog.text
+    assert len(outbox) == 0
+
+
+def test_alert_is_mailed_from_memory_when_the_outbox_cannot_be_written(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    settings = mail_settings(write_settings, tmp_path, smtp.port)
+
+    def disk_full(*args: object) -> Path:
+        raise DiskFullError("disk full while writing the outbox")
+
+    monkeypatch.setattr(Outbox, "put", disk_full)
+    EmailNotifier(settings, background=False).alert(notify.DISK_FULL, "no space left")
+    assert [m["Subject"] for m in smtp.wait_for(1)] == ["[collector srv1] disk_full: no space left"]
+    assert "alert disk_full not queued (disk full while writing the outbox)" in caplog.text
+
+
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    """`cli.main` points the root logger at this test's captured stderr; afterwards that
+    stream is closed, so its handler must not outlive the test (the SMTP double's thread
+    logs too)."""
+    cli.setup_logging(False)  # likewise not a closed stream some earlier test left behind
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:  # basicConfig's, not pytest's own
+            root.removeHandler(handler)
+
+
+@pytest.mark.usefixtures("cli_logging")
+def test_upload_command_mails_the_queue(
+        tls_files: tuple[Path, Path], write_settings: SettingsWriter, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`collector upload` (the main's hourly cron job) delivers queued alerts, here with OSF
+    upload off so that the command has nothing else to do."""
+    port = free_port()
+    write_mail_credentials(tmp_path / "mailkeys", port)
+    settings = load_settings(write_settings(notifications="True", osf_enabled="False",
+                                            email_credentials_dst=str(tmp_path / "mailkeys")))
+    EmailNotifier(settings, background=False).alert(notify.PROCESS_FAILING, "merge failed")
+    assert len(Outbox(settings.state_dir)) == 1
+    cert, key = tls_files
+    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key, port=port) as smtp:
+        assert cli.main(["--settings", str(settings.source), "upload"]) == 0
+        [message] = smtp.wait_for(1)
+    assert message["Subject"] == "[collector srv1] process_failing: merge failed"
+    assert len(Outbox(settings.state_dir)) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_send_command_mails_the_queue_even_when_the_push_fails(
+        tls_files: tuple[Path, Path], write_settings: SettingsWriter, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`collector send` (a secondary's hourly cron job) delivers queued alerts, also when
+    the main cannot be reached (here: nothing listens on its SSH port)."""
+    port = free_port()
+    write_mail_credentials(tmp_path / "mailkeys", port)
+    settings = load_settings(write_settings(notifications="True", main_port=str(free_port()),
+                                            email_credentials_dst=str(tmp_path / "mailkeys")))
+    EmailNotifier(settings, background=False).alert(notify.STREAM_CRASHED, "killed")
+    chunk = settings.data_storage_dst / "2026-02-03" / "10" / "srv1_2026-02-03_10-00.jsonl"
+    chunk.parent.mkdir(parents=True)
+    chunk.write_text('{"data": {"id": "1"}}\n')
+    cert, key = tls_files
+    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key, port=port) as smtp:
+        assert cli.main(["--settings", str(settings.source), "send"]) != 0
+        [message] = smtp.wait_for(1)
+    assert message["Subject"] == "[collector srv1] stream_crashed: killed"
+    assert len(Outbox(settings.state_dir)) == 0
+    err = capsys.readouterr().err
+    assert "collector send: error:" in err and "Traceback" not in err
+    assert chunk.exists()
 
 
 def test_stream_command_succeeds_with_mail_server_down(

@@ -7,6 +7,7 @@ file" are measured.
 
 from __future__ import annotations
 
+import logging
 import lzma
 import os
 import signal
@@ -41,6 +42,17 @@ def _fast_clients(monkeypatch: pytest.MonkeyPatch) -> None:
                         types.SimpleNamespace(time=time.time, sleep=lambda seconds: None))
     monkeypatch.setattr(collector.osf, "DEFAULT_RETRY",
                         RetryPolicy(attempts=3, backoff=(0.05, 0.1), max_retry_after=5.0))
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_stream() -> Iterator[None]:
+    """`cli_main` points the root logger at the test's captured stderr, closed once the test
+    ends: drop that handler so later log lines do not hit a closed stream."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:  # basicConfig's, not pytest's own
+            root.removeHandler(handler)
 
 
 @pytest.fixture
@@ -478,3 +490,33 @@ def test_fake_osf_runs_from_the_command_line(
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=10) == 0
+
+
+def test_osf_down_then_back_with_its_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """OSF's process dies (connection refused) and comes back on the same port with its
+    archive: every run in between fails with one line, nothing is lost, the next run
+    uploads what was pending and keeps what OSF already had."""
+    state = tmp_path / "osf_state.json"
+    first = FakeOSF(token=TOKEN, project=PROJECT, state_file=state).start()
+    port = first.port
+    site = Site(tmp_path, first.url)
+    site.write_day("2026-01-02", ["00"])
+    assert run_upload(capsys, site)[0] == 0
+    first.stop()  # down: nothing listens on the port
+
+    site.write_day("2026-01-02", ["00", "01"])
+    for _ in range(3):
+        code, output = run_upload(capsys, site)
+        assert code == 1
+        [line] = error_lines(output)
+        assert line.startswith("collector upload: error: connection failed talking to "
+                               f"127.0.0.1:{port} on opening OSF project {PROJECT}")
+        assert "Traceback" not in output
+
+    with FakeOSF(token=TOKEN, project=PROJECT, port=port, state_file=state) as second:
+        assert "2026/01/02/2026-01-02_00_IDs.txt.xz" in second.files()  # came back with it
+        code, output = run_upload(capsys, site)
+        assert code == 0, output
+        assert second.files() == site.expected_on_osf()
+        assert "0 pending" in output
