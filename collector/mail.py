@@ -50,7 +50,13 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from collector.errors import CollectorError, CredentialsError, RemoteError, SettingsError
+from collector.errors import (
+    CollectorError,
+    CredentialsError,
+    DiskFullError,
+    RemoteError,
+    SettingsError,
+)
 from collector.outputs import write_bytes_atomic
 from collector.settings import (
     Settings,
@@ -398,9 +404,10 @@ class EmailNotifier:
         now = self.clock()
         try:
             last = self.ledger.claim(kind, now)
-        except OSError as error:
+        except (OSError, DiskFullError) as error:  # a full disk is the alert's usual cause
             log.warning("alert state under %s unusable (%s); rate-limiting in memory only",
-                        self.settings.state_dir, error.strerror)
+                        self.settings.state_dir,
+                        error.strerror if isinstance(error, OSError) else "disk full")
             last = self._local_sent.get(kind)
             if last is not None and not 0 <= now - last < self.ledger.interval:
                 last = None
@@ -427,7 +434,7 @@ class EmailNotifier:
         if failure is None:
             return
         log.error("alert %s not emailed: %s", kind, failure)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, DiskFullError):
             self.ledger.release(kind, claimed_at)
         self._local_sent.pop(kind, None)
 

@@ -7,8 +7,10 @@ throwaway self-signed certificate through `COLLECTOR_SMTP_CAFILE`) and logged in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -284,6 +286,38 @@ def test_queued_mails_older_than_the_limit_are_dropped_and_counted(
     assert len(outbox) == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"),
+                    reason="mounting a small tmpfs needs root")
+def test_disk_full_alert_is_mailed_when_the_disk_really_is_full(
+        smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The alert's usual cause: neither the hourly-rule ledger nor the outbox can be written
+    (both raise DiskFullError), and the mail still goes out, from memory."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        write_mail_credentials(tmp_path / "mailkeys", smtp.port)
+        settings = load_settings(write_settings(
+            notifications="True", email_credentials_dst=str(tmp_path / "mailkeys"),
+            data_storage_dst=str(disk / "data")))
+        settings.state_dir.mkdir(parents=True)
+        with contextlib.suppress(OSError), (disk / "filler").open("wb") as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        notifier = EmailNotifier(settings, background=False)
+        notifier.alert(notify.DISK_FULL, "no space left")
+        assert [m["Subject"] for m in smtp.wait_for(1)] == [
+            "[collector srv1] disk_full: no space left"]
+        assert "rate-limiting in memory only" in caplog.text
+        notifier.alert(notify.DISK_FULL, "still no space")  # the hourly rule still holds
+        time.sleep(0.5)
+        assert len(smtp.messages) == 1
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def test_alert_is_mailed_from_memory_when_the_outbox_cannot_be_written(
         smtp: SmtpDouble, write_settings: SettingsWriter, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -332,6 +366,7 @@ def test_upload_command_mails_the_queue(
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("cli_logging")
 def test_send_command_mails_the_queue_even_when_the_push_fails(
         tls_files: tuple[Path, Path], write_settings: SettingsWriter, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
