@@ -39,11 +39,12 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
-# Everything: lint, the pytest suites, then Molecule on real nspawn hosts (root only).
+# Everything: lint, the pytest suites, then Molecule and the fault suite on real nspawn hosts
+# (root only).
 test: deps venv lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
-	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory molecule; \
-	 else echo "molecule skipped: booting nspawn hosts needs root"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory molecule faults; \
+	 else echo "molecule and faults skipped: booting nspawn hosts needs root"; fi
 
 bench: deps venv bench-stream bench-process
 

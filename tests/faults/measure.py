@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from collector.layout import hour_of
 from tests.doubles.fake_api import expand_runs
 from tests.doubles.samples import MessageFactory, snowflake
 
@@ -47,16 +49,28 @@ def sent_ids(before: Mapping[str, Any], after: Mapping[str, Any]) -> set[str]:
     return {tweet_id(index) for index in whole_indices(after)} - earlier
 
 
+def longest_unreceived_run(before: Mapping[str, Any], after: Mapping[str, Any]) -> int:
+    """The most consecutive messages, between the first and last one sent in the window,
+    that no host received whole: 0 when at every moment some host was streaming (or a
+    backfill made up for it)."""
+    window = sorted(whole_indices(after) - whole_indices(before))
+    return max((later - earlier - 1 for earlier, later in itertools.pairwise(window)), default=0)
+
+
 def hours_between(start: float, end: float, zone: ZoneInfo) -> list[str]:
-    """The `YYYY-mm-ddTHH` labels (in the fleet's zone) of every hour the window touches."""
+    """The hour labels (`YYYY-mm-ddTHH`) in `zone` of every hour the window touches, in time
+    order, named by `collector.layout` exactly as the chunks and outputs are: the second pass
+    of a repeated hour is `HHb` and a skipped hour never appears. Stepped by the minute, since
+    a zone whose offset is not whole hours starts its hours in the middle of a UTC hour."""
     labels: list[str] = []
-    moment = int(start) - int(start) % 3600
-    while moment <= end:
-        label = datetime.fromtimestamp(moment, UTC).astimezone(zone).strftime("%Y-%m-%dT%H")
+    moment = float(int(start) - int(start) % 60)
+    while True:
+        label = str(hour_of(datetime.fromtimestamp(min(moment, end), UTC), zone))
         if label not in labels:
             labels.append(label)
-        moment += 3600
-    return labels
+        if moment >= end:
+            return labels
+        moment += 60
 
 
 def ids_file_counts(text: str) -> Counter[str]:

@@ -51,12 +51,16 @@ class Window:
     hours: list[str]
     recovery_seconds: float | None
     note: str
+    failed: bool  # a fault step failed or a promise was broken (the note says which)
     evidence: dict[str, Any]
+    flushed: bool = False  # the scenario processed its hours itself (its own time zone)
 
 
 def load_fleet() -> ModuleType:
     """tests.lab.fleet with this suite's own lab name and inventory (read at import time)."""
     os.environ.setdefault("COLLECTOR_LAB_NAME", LAB_NAME)
+    # The sampled stream's real average rate, so "under load" means what it says.
+    os.environ.setdefault("COLLECTOR_LAB_RATE", "60")
     cache = Path(os.environ.get("COLLECTOR_LAB_CACHE", "/var/tmp/collector-lab"))
     os.environ.setdefault("COLLECTOR_LAB_INVENTORY",
                           str(cache / os.environ["COLLECTOR_LAB_NAME"] / "inventory"))
@@ -65,21 +69,27 @@ def load_fleet() -> ModuleType:
 
 def run_scenario(lab: Lab, scenario: Scenario) -> Window:
     print(f"== {scenario.name}: {scenario.description}", flush=True)
-    notes = []
+    notes: list[str] = []  # figures worth a line in the table
+    problems: list[str] = []  # what makes the row fail
     if lab.wait_healthy(HEALTHY_TIMEOUT) is None:
-        notes.append("fleet not healthy before the fault")
+        problems.append("fleet not healthy before the fault")
     scenario.setup(lab)
+    zone = scenario.zone()
     before = lab.api_log()
     started = time.time()
     time.sleep(LEAD_SECONDS)
     injected = time.time()
     try:
         scenario.inject(lab)
-    except (RuntimeError, OSError) as error:  # the scenario's own checks; the row says so
-        notes.append(f"fault step failed: {error}")
-    finally:
-        scenario.recover(lab)
+    except Exception as error:  # any failure of a step is the row's finding
+        problems.append(f"fault step failed: {error}")
+    # The fault ends when its cause is removed; what `recover` then does (boot a host, the
+    # next push) is part of the fleet's recovery time.
     fault_ended = time.monotonic()
+    try:
+        scenario.recover(lab)
+    except Exception as error:
+        problems.append(f"recovery step failed: {error}")
     recovery = lab.wait_healthy(HEALTHY_TIMEOUT, {host: injected
                                                   for host in scenario.reconnects(lab)})
     if recovery is not None:
@@ -87,11 +97,22 @@ def run_scenario(lab: Lab, scenario: Scenario) -> Window:
     time.sleep(TAIL_SECONDS)
     after = lab.api_log()
     sent = measure.sent_ids(before, after)
-    hours = measure.hours_between(started, time.time(), ZONE)
+    hours = measure.hours_between(started, time.time(), zone or ZONE)
+    if scenario.gapless:
+        missed = measure.longest_unreceived_run(before, after)
+        seconds = missed / lab.fleet.FAKE_API_RATE
+        notes.append(f"longest stretch no host received: {seconds:.1f} s ({missed} messages)")
+        if missed:
+            problems.append("the fleet stopped streaming")
+    try:
+        scenario.cleanup(lab)
+    except (RuntimeError, OSError) as error:
+        problems.append(f"cleanup failed: {error}")
     print(f"   sent {len(sent)} ids, recovery "
           f"{'none' if recovery is None else f'{recovery:.1f} s'}", flush=True)
-    return Window(scenario, sent, hours, recovery, "; ".join(notes),
-                  {"started": started, "injected": injected, "before": before, "after": after})
+    return Window(scenario, sent, hours, recovery, "; ".join(problems + notes), bool(problems),
+                  {"started": started, "injected": injected, "before": before, "after": after},
+                  flushed=zone is not None)
 
 
 def flush(lab: Lab, hours: list[str]) -> None:
@@ -159,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         run_at = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
         windows = [run_scenario(lab, scenario) for scenario in chosen]
         hours = list(dict.fromkeys(hour for window in windows for hour in window.hours))
-        flush(lab, hours)
+        flush(lab, [hour for hour in hours if not any(hour in window.hours and window.flushed
+                                                      for window in windows)])
         counted = {hour: outputs(lab, hour) for hour in hours}
+        for window in windows:
+            problem = window.scenario.verify(lab)
+            if problem:
+                window.note = "; ".join(filter(None, [problem, window.note]))
+                window.failed = True
         rows = [measure.outcome(window.scenario.name, window.sent,
                                 [counted[hour][0] for hour in window.hours],
                                 [counted[hour][1] for hour in window.hours],
@@ -182,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                + descriptions)
     REPORT.write_text(measure.render(table, context))
     print(measure.render(rows, context))
-    return 1 if any(row.lost or row.duplicated or row.recovery_seconds is None or row.note
-                    for row in rows) else 0
+    return 1 if any(row.lost or row.duplicated or row.recovery_seconds is None or window.failed
+                    for row, window in zip(rows, windows, strict=True)) else 0
 
 
 if __name__ == "__main__":

@@ -10,14 +10,18 @@ and talks to the fake API's control endpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 STREAM_UNIT = "collector.service"
 # Where the role puts the root-owned authorized_keys file that lets secondaries push.
@@ -115,6 +119,40 @@ class Lab:
         """kill -9 of the stream's main process (systemd restarts it: Restart=always)."""
         self.run(host, f"kill -9 $(systemctl show -p MainPID --value {STREAM_UNIT})")
 
+    def power_off(self, host: str) -> None:
+        """Cut the power: SIGKILL the host's init, which kills every process of the host at
+        once (its PID namespace ends); nothing is shut down cleanly."""
+        nspawn = self.fleet.nspawn
+        pid = int(self.state["hosts"][host]["pid"])
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), 9)
+        deadline = time.monotonic() + 60
+        while nspawn.pid_alive(pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.2)
+        if nspawn.pid_alive(pid):
+            raise RuntimeError(f"{host} did not power off")
+
+    def power_on(self, host: str) -> None:
+        """Boot the host again from its own disk (what it had written survives)."""
+        nspawn = self.fleet.nspawn
+        record = self.state["hosts"][host]
+        record["pid"] = nspawn.boot(Path(record["root"]), host, Path(record["log"]))
+        self.fleet.save_state(self.state)
+        nspawn.wait_until_up(nspawn.Host(**record), nspawn.controller_key())
+
+    def send_all(self, expect_ok: bool, powered_off: str = "") -> None:
+        """One `send` on every secondary that is running, as the hourly cron runs it."""
+        for host in self.secondaries:
+            if host == powered_off:
+                continue
+            result = self.collector(host, "send")
+            if (result.returncode == 0) != expect_ok:
+                raise RuntimeError(f"send on {host}: rc {result.returncode} "
+                                   f"{result.stderr.strip()[-200:]}")
+
 
 Step = Callable[[Lab], None]
 
@@ -135,6 +173,19 @@ class Scenario:
     # The hosts whose stream the fault breaks: each must reconnect before the fleet counts
     # as recovered.
     reconnects: Callable[[Lab], list[str]] = lambda lab: []
+    # Checks after the final flush (process on the main) beyond the id counts, such as "the
+    # hour reached OSF" or "the alert was delivered"; returns what is wrong, or "" if nothing.
+    verify: Callable[[Lab], str] = lambda lab: ""
+    # After the window is measured, before the next scenario: undo what setup changed (a
+    # mount, a setting) so later scenarios find the fleet as it was.
+    cleanup: Step = _nothing
+    # The time zone the fleet runs in during the window when the scenario changes it (known
+    # after setup). The window's hours are named in it and exist only while the fleet uses
+    # it, so the scenario's cleanup processes them itself and the final flush leaves them be.
+    zone: Callable[[], ZoneInfo | None] = lambda: None
+    # The fleet must never stop streaming: no message of the window may be missed by every
+    # host (the runner measures the longest such stretch from the fake API's record).
+    gapless: bool = False
 
 
 # ---- 1. kill -9 of the stream ---------------------------------------------------------------
@@ -155,6 +206,20 @@ def _kill_one(lab: Lab) -> None:
 def _kill_all(lab: Lab) -> None:
     for host in lab.hosts:
         lab.kill_stream(host)
+
+
+# ---- 7. the main swapped mid-day; the API keys rotated under load --------------------------
+
+def _swap_main(lab: Lab) -> None:
+    if lab.fleet.swap() != 0:
+        raise RuntimeError("site.yml did not swap the main")
+    lab.main = lab.fleet.main_of_inventory()
+
+
+def _rotate_keys(lab: Lab) -> None:
+    if lab.fleet.rotate() != 0:
+        raise RuntimeError("rotate_api_keys.yml failed")
+    lab.state = lab.fleet.load_state()  # the new tokens (the API faults pick them per host)
 
 
 # ---- 3. SSH from the secondaries to the main blocked for three cycles -----------------------
@@ -179,6 +244,38 @@ def _unblock_ssh(lab: Lab) -> None:
         if result.returncode != 0:
             raise RuntimeError(f"send on {host} failed after SSH came back: "
                                f"{result.stderr.strip()[-200:]}")
+
+
+# ---- 2. a host powered off for ten minutes --------------------------------------------------
+
+# FAULTS_POWER_OFF_SECONDS shortens it for a quick trial; the table's rows use the default.
+POWER_OFF_SECONDS = float(os.environ.get("FAULTS_POWER_OFF_SECONDS", "600"))
+
+
+def _power_cycle(pick: Callable[[Lab], str]) -> Step:
+    def inject(lab: Lab) -> None:
+        host = pick(lab)
+        lab.power_off(host)
+        time.sleep(POWER_OFF_SECONDS / 2)
+        # The hourly push falls in the outage: it fails if the main is the one that is off.
+        lab.send_all(expect_ok=host != lab.main, powered_off=host)
+        time.sleep(POWER_OFF_SECONDS / 2)
+    return inject
+
+
+def _power_on(pick: Callable[[Lab], str]) -> Step:
+    def recover(lab: Lab) -> None:
+        lab.power_on(pick(lab))
+        lab.send_all(expect_ok=True)  # the next cycle catches up
+    return recover
+
+
+def _a_secondary(lab: Lab) -> str:
+    return lab.secondaries[0]
+
+
+def _the_main(lab: Lab) -> str:
+    return lab.main
 
 
 # ---- 4. stream faults of the fake API, both hosts connected ---------------------------------
@@ -213,7 +310,72 @@ API_FAULTS: dict[str, tuple[dict[str, Any], ...]] = {
                              {"kind": "status", "status": 503, "count": 2}),
     # The whole endpoint refuses connections for a while (once per host: 2 x 10 s).
     "api-refused-on-reconnect": ({"kind": "rst", "after": 40}, {"kind": "refuse", "seconds": 10}),
+    "api-no-headers-on-reconnect": ({"kind": "rst", "after": 40},
+                                    {"kind": "no_headers", "seconds": 30}),
+    "api-429-on-reconnect": ({"kind": "rst", "after": 40}, {"kind": "status", "status": 429}),
+    "api-401-on-reconnect": ({"kind": "rst", "after": 40}, {"kind": "status", "status": 401}),
+    "api-403-on-reconnect": ({"kind": "rst", "after": 40}, {"kind": "status", "status": 403}),
+    "api-500-on-reconnect": ({"kind": "rst", "after": 40}, {"kind": "status", "status": 500}),
+    "api-operational-disconnect-legacy": ({"kind": "operational_disconnect", "after": 40,
+                                           "variant": "OperationalDisconnect"},),
+    # Heartbeats only for a while (messages due meanwhile are never sent by the fake).
+    # Longer than the lab's stall_seconds (20): the collector must give up and reconnect.
+    "api-heartbeat-stall": ({"kind": "heartbeat_stall", "after": 40, "seconds": 35},),
 }
+
+
+# ---- the same faults injected from outside (kernel, process signals, services) --------------
+# Each mirrors a scenario above whose fault the fake API or the runner plays; the rows should
+# match, which shows the fakes' faults stand for the real ones.
+
+def _api_port(lab: Lab) -> int:
+    return int(lab.state["processes"]["fake_api"]["port"])
+
+
+def _destroy_stream_sockets(lab: Lab) -> None:
+    """Like `api-rst`: the kernel aborts each host's stream socket (`ss -K`), host by host."""
+    port = _api_port(lab)
+    for host in lab.hosts:
+        # The host sees only its own processes, so this finds its collector's connection.
+        found = lab.run(host, f"ss -tnpH state established dport = :{port}").stdout
+        sports = [line.split()[2].rsplit(":", 1)[1] for line in found.splitlines()
+                  if "collector" in line or "python" in line]
+        if not sports:
+            raise RuntimeError(f"{host}: no stream connection to port {port} found")
+        for sport in sports:
+            # From the machine: the hosts share its network but lack CAP_NET_ADMIN.
+            lab.fleet.nspawn.run(["ss", "-K", "state", "established", "dport", "=", f":{port}",
+                                  "sport", "=", f":{sport}"], stdout=subprocess.DEVNULL)
+        time.sleep(3)
+
+
+def _freeze_api(lab: Lab) -> None:
+    """Like `api-silent-stall` then `api-no-headers`: the API process stops (SIGSTOP) for
+    longer than the read timeout, so streams go silent and reconnects get no answer."""
+    pid = int(lab.state["processes"]["fake_api"]["pid"])
+    os.kill(pid, 19)  # SIGSTOP
+    try:
+        time.sleep(30)
+    finally:
+        os.kill(pid, 18)  # SIGCONT
+
+
+def _stop_main_sshd(lab: Lab) -> None:
+    """Like `ssh-blocked-3-cycles`: the main's sshd is stopped for three pushes."""
+    lab.run(lab.main, "systemctl stop ssh.socket ssh.service 2>/dev/null; "
+            "systemctl stop ssh.service", check=False)
+    try:
+        for _ in range(SSH_BLOCKED_CYCLES):
+            lab.send_all(expect_ok=False)
+    finally:
+        # The lab reaches its hosts over that sshd: start it again through the machine.
+        lab.fleet.nspawn.run(["nsenter", "-t", str(_host_init(lab, lab.main)), "-a",
+                              "systemctl", "start", "ssh.service"])
+
+
+def _host_init(lab: Lab, host: str) -> int:
+    pid = int(lab.state["hosts"][host]["pid"])
+    return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
 
 
 def all_scenarios() -> list[Scenario]:
@@ -222,9 +384,25 @@ def all_scenarios() -> list[Scenario]:
                  reconnects=_one_host),
         Scenario("kill9-all-hosts", "1. kill -9 of the stream on all hosts at once", _kill_all,
                  reconnects=_every_host),
+        Scenario("power-off-secondary",
+                 f"2. a secondary powered off for {POWER_OFF_SECONDS / 60:g} minutes",
+                 _power_cycle(_a_secondary), _power_on(_a_secondary),
+                 reconnects=lambda lab: [_a_secondary(lab)]),
+        Scenario("power-off-main",
+                 f"2. the main powered off for {POWER_OFF_SECONDS / 60:g} minutes (the "
+                 "secondary keeps capturing; the main catches up when back)",
+                 _power_cycle(_the_main), _power_on(_the_main),
+                 reconnects=lambda lab: [_the_main(lab)]),
         Scenario("ssh-blocked-3-cycles",
                  "3. SSH from the secondaries to the main refused for three `send` runs",
                  _block_ssh, _unblock_ssh),
+        Scenario("swap-main-mid-day",
+                 "7. the main moved to the other host (inventory edit, site.yml) mid-day",
+                 _swap_main),
+        Scenario("rotate-keys-under-load",
+                 "7. every host's bearer token rotated (rotate_api_keys.yml) while streaming; "
+                 "the note gives the longest stretch of messages no host received",
+                 _rotate_keys, reconnects=_every_host, gapless=True),
     ]
     for name, faults in API_FAULTS.items():
         kinds = ", ".join(str(fault["kind"]) + (f" {fault['status']}" if "status" in fault
@@ -234,4 +412,17 @@ def all_scenarios() -> list[Scenario]:
         breaks = (lambda lab: []) if keeps_connection else _every_host
         scenarios.append(Scenario(name, f"4. fake API fault on every host: {kinds}",
                                   _api_fault(*faults), reconnects=breaks))
-    return scenarios
+    scenarios += [
+        Scenario("outside-socket-abort", "4 from outside: each host's stream socket aborted "
+                 "by the kernel (`ss -K`), as api-rst", _destroy_stream_sockets,
+                 reconnects=_every_host),
+        Scenario("outside-api-frozen", "4 from outside: the API process stopped (SIGSTOP) "
+                 "for 30 s, as api-silent-stall and api-no-headers", _freeze_api,
+                 reconnects=_every_host),
+        Scenario("outside-sshd-stopped", "3 from outside: the main's sshd stopped for three "
+                 "`send` runs, as ssh-blocked-3-cycles", _stop_main_sshd,
+                 lambda lab: lab.send_all(expect_ok=True)),
+    ]
+    # Scenarios kept in their own modules (imported here: they import this module).
+    from tests.faults import hostfaults, services
+    return scenarios + services.scenarios() + hostfaults.scenarios()

@@ -43,7 +43,8 @@ COLLECTOR = "/opt/collector/venv/bin/collector"
 SETTINGS = "/etc/collector/server_settings.txt"
 OSF_PROJECT = "lab01"
 SMTP_USER = "lab"
-FAKE_API_RATE = 20.0
+# Messages per second the fake API streams (the real sampled stream averages about 60).
+FAKE_API_RATE = float(os.environ.get("COLLECTOR_LAB_RATE", "20"))
 
 
 # ---- state -----------------------------------------------------------------------------------
@@ -76,17 +77,17 @@ def build_wheelhouse(out: Path = WHEELHOUSE) -> Path:
     return out
 
 
-def start_process(state: dict[str, Any], name: str, args: list[str]) -> int:
+def start_process(state: dict[str, Any], name: str, args: list[str], port: int = 0) -> int:
     """Start one test double in its own session; record it before waiting for its port."""
     LAB_DIR.mkdir(parents=True, exist_ok=True)
     port_file = LAB_DIR / f"{name}.port"
     port_file.unlink(missing_ok=True)
     with open(LAB_DIR / f"{name}.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", *args, "--port", "0",
+        process = subprocess.Popen([sys.executable, "-m", *args, "--port", str(port),
                                     "--port-file", str(port_file)],
                                    cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    state["processes"][name] = {"pid": process.pid}
+    state["processes"][name] = {"pid": process.pid, "args": args}
     save_state(state)
     deadline = time.monotonic() + 30
     while not port_file.exists():
@@ -96,6 +97,19 @@ def start_process(state: dict[str, Any], name: str, args: list[str]) -> int:
     port = int(port_file.read_text().strip())
     state["processes"][name]["port"] = port
     save_state(state)
+    return port
+
+
+def stop_process(state: dict[str, Any], name: str) -> None:
+    """Stop one test double (SIGTERM, then SIGKILL); its port and arguments stay recorded."""
+    nspawn.stop_pid(int(state["processes"][name]["pid"]), timeout=10)
+
+
+def restart_process(state: dict[str, Any], name: str) -> int:
+    """Start a stopped test double again on the port the hosts' settings point at."""
+    record = state["processes"][name]
+    port = int(record["port"])
+    start_process(state, name, list(record["args"]), port=port)
     return port
 
 
@@ -124,6 +138,11 @@ def write_inventory(state: dict[str, Any], main: str) -> None:
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
         "ansible_python_interpreter": "/usr/bin/python3",
         "collector_api_base_url": f"http://127.0.0.1:{ports['fake_api']}",
+        # The fake serves backfill as the Enterprise tier does: a restart of every host at
+        # once then loses nothing of what was in flight (tests/faults, kill9-all-hosts).
+        "collector_backfill_minutes": 2,
+        # Lab time is compressed: a stream with heartbeats but no tweet for 20 s is stalled.
+        "collector_stall_seconds": 20,
         "collector_osf_enabled": True,
         "collector_osf_project": OSF_PROJECT,
         "collector_osf_base_url": f"http://127.0.0.1:{ports['fake_osf']}/v2/",
@@ -136,7 +155,6 @@ def write_inventory(state: dict[str, Any], main: str) -> None:
         "collector_email_fromaddr": "collector@lab.invalid",
         "collector_email_toaddr": "team@lab.invalid",
         "collector_email_starttls": False,
-        "collector_stall_seconds": 60,
     }
     (INVENTORY_DIR / "group_vars" / "all.yml").write_text(
         "---\n# Written by the lab.\n" + "".join(
@@ -258,13 +276,15 @@ def start(count: int) -> int:
                  osf_token=f"osf-{secrets.token_hex(8)}", smtp_password=secrets.token_hex(8),
                  maildir=str(LAB_DIR / "mail"))
     shutil.rmtree(LAB_DIR / "mail", ignore_errors=True)
+    (LAB_DIR / "fake_osf.json").unlink(missing_ok=True)  # a new lab's OSF starts empty
     save_state(state)
     start_process(state, "fake_api", ["tests.doubles.fake_api", "--tokens",
                                       ",".join([*state["tokens"].values(),
                                                 *state["next_tokens"].values()]),
                                       "--rate", str(FAKE_API_RATE)])
     start_process(state, "fake_osf", ["tests.doubles.fake_osf", "--token", state["osf_token"],
-                                      "--project", OSF_PROJECT])
+                                      "--project", OSF_PROJECT,
+                                      "--state-file", str(LAB_DIR / "fake_osf.json")])
     start_process(state, "smtp", ["tests.doubles.smtp", "--user", SMTP_USER, "--password",
                                   state["smtp_password"], "--maildir", state["maildir"]])
     hosts_dir = LAB_DIR / "hosts"

@@ -54,3 +54,27 @@ def test_rendered_rows_read_back_and_fresh_rows_replace_old_ones_in_order() -> N
     merged = measure.merge(measure.parse_rows(text), fresh, ["a", "b"])
     assert [row.scenario for row in merged] == ["a", "b"]
     assert merged[0] == fresh[0]
+
+
+def test_longest_unreceived_run_finds_messages_no_host_received() -> None:
+    before = _log([0, 9])
+    # host 1 until 30, host 2 from 25: always someone streaming
+    assert measure.longest_unreceived_run(before, _log([0, 30], [25, 60])) == 0
+    # both hosts missed 31-34 (a backfill of 33-34 would have closed part of it)
+    assert measure.longest_unreceived_run(before, _log([0, 30], [35, 60])) == 4
+    assert measure.longest_unreceived_run(before, _log([0, 30], [35, 60], [33, 34])) == 2
+
+
+def test_hours_between_names_a_repeated_hour_b_and_leaves_out_a_skipped_one() -> None:
+    cet = ZoneInfo("CET")
+    back = datetime(2026, 10, 25, 0, 30, tzinfo=UTC).timestamp()  # 02:30 CEST, then 02:30 CET
+    assert measure.hours_between(back, back + 3600, cet) == ["2026-10-25T02", "2026-10-25T02b"]
+    forward = datetime(2026, 3, 29, 0, 30, tzinfo=UTC).timestamp()  # 01:30 CET, then 03:30 CEST
+    assert measure.hours_between(forward, forward + 3600, cet) == [
+        "2026-03-29T01", "2026-03-29T03"]
+
+
+def test_hours_between_finds_hours_that_start_in_the_middle_of_a_utc_hour() -> None:
+    start = datetime(2026, 11, 27, 10, 20, tzinfo=UTC).timestamp()  # 15:50 in Kolkata (+5:30)
+    assert measure.hours_between(start, start + 20 * 60, ZoneInfo("Asia/Kolkata")) == [
+        "2026-11-27T15", "2026-11-27T16"]
