@@ -208,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                "sampled stream's average), `backfill_minutes=2` (the Enterprise tier's reconnect "
                "backfill: without it, a kill of every host at once loses the few messages in "
                "flight, 4 to 11 at 20 messages/s when measured), `stall_seconds=20`; "
-               f"{len(rows)} scenarios in {minutes:.0f} minutes on {run_at[:10]}. "
-               "Regenerate with `make faults` (all scenarios) or `python -m tests.faults.run "
+               f"the last run ({run_at} UTC) ran {len(rows)} of the {len(scenarios)} "
+               f"scenarios in {minutes:.0f} minutes"
+               + ("; the other rows come from earlier runs (their dates). "
+                  if len(rows) < len(scenarios) else ". ")
+               + "Regenerate with `make faults` (all scenarios) or `python -m tests.faults.run "
                "--scenario NAME` (that row only). Evidence of each run (lost ids, fake API "
                "connection records): `faults-evidence.json` in the lab folder.\n\n"
                + descriptions)

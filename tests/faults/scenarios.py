@@ -143,6 +143,13 @@ class Lab:
         self.fleet.save_state(self.state)
         nspawn.wait_until_up(nspawn.Host(**record), nspawn.controller_key())
 
+    @staticmethod
+    def wait_for_closed_chunk() -> None:
+        """Wait past the next minute boundary: every stream has then closed a chunk that no
+        `send` has pushed yet, so a push has something to do (with nothing to push, `send`
+        succeeds without calling the main)."""
+        time.sleep(62 - time.time() % 60)
+
     def send_all(self, expect_ok: bool, powered_off: str = "") -> None:
         """One `send` on every secondary that is running, as the hourly cron runs it."""
         for host in self.secondaries:
@@ -228,6 +235,7 @@ SSH_BLOCKED_CYCLES = 3
 
 
 def _block_ssh(lab: Lab) -> None:
+    lab.wait_for_closed_chunk()
     lab.run(lab.main, f"mv {PUSH_AUTHORIZED_KEYS} {PUSH_AUTHORIZED_KEYS}.blocked")
     for _ in range(SSH_BLOCKED_CYCLES):
         for host in lab.secondaries:
@@ -362,6 +370,7 @@ def _freeze_api(lab: Lab) -> None:
 
 def _stop_main_sshd(lab: Lab) -> None:
     """Like `ssh-blocked-3-cycles`: the main's sshd is stopped for three pushes."""
+    lab.wait_for_closed_chunk()
     lab.run(lab.main, "systemctl stop ssh.socket ssh.service 2>/dev/null; "
             "systemctl stop ssh.service", check=False)
     try:
