@@ -43,15 +43,6 @@ from tests.faults.scenarios import STREAM_UNIT, Lab, Scenario
 HEALTHY_TIMEOUT = 180.0
 
 
-def _setting(lab: Lab, host: str, key: str) -> str:
-    """One value of the host's server_settings.txt (the file the role wrote)."""
-    return lab.run(host, f"sed -n 's/^{key}=//p' {lab.fleet.SETTINGS}").stdout.strip()
-
-
-def _main_pid(lab: Lab, host: str) -> str:
-    return lab.run(host, f"systemctl show -p MainPID --value {STREAM_UNIT}").stdout.strip()
-
-
 def _journal_since(lab: Lab, host: str, since: float) -> str:
     return lab.run(host, f"journalctl -u {STREAM_UNIT} --since @{int(since)} -o cat "
                    "--no-pager", check=False).stdout
@@ -186,7 +177,7 @@ class DiskFull:
     def setup(self, lab: Lab) -> None:
         self.reset()
         self.host = lab.secondaries[0] if lab.secondaries else lab.main
-        self.dst = _setting(lab, self.host, "data_storage_dst")
+        self.dst = lab.setting(self.host, "data_storage_dst")
         self.setup_at = time.time()
         try:
             # What a previous, interrupted run may have left mounted goes back first.
@@ -201,7 +192,7 @@ class DiskFull:
             self.problems.append(f"setup failed: {(error.stderr or '').strip()[-200:]}")
         if lab.wait_healthy(HEALTHY_TIMEOUT) is None:
             self.problems.append("fleet not healthy after moving the folder onto a tmpfs")
-        self.pid = _main_pid(lab, self.host)
+        self.pid = lab.stream_pid(self.host)
 
     def inject(self, lab: Lab) -> None:
         self.token = lab.token(self.host)
@@ -245,7 +236,7 @@ class DiskFull:
         if health.get("disk_full") or int(str(health.get("backlog_bytes", 0))) >= WRITE_BATCH:
             self.problems.append(f"{self.host} still holds {health.get('backlog_bytes')} bytes "
                                  "after space returned")
-        if _main_pid(lab, self.host) != self.pid:
+        if lab.stream_pid(self.host) != self.pid:
             self.problems.append(f"the stream on {self.host} restarted during the fault")
         journal = _journal_since(lab, self.host, self.setup_at).splitlines()
         # One error line from the stream (its alert repeats it as an ALERT line).
@@ -277,8 +268,8 @@ class DiskFull:
             if self.host == lab.main:
                 root = self.dst
             else:
-                root = (f"{_setting(lab, lab.main, 'incoming_dst')}/"
-                        f"{_setting(lab, self.host, 'server_id')}")
+                root = (f"{lab.setting(lab.main, 'incoming_dst')}/"
+                        f"{lab.setting(self.host, 'server_id')}")
             found = set(lab.run(lab.main, f"python3 -c {shlex.quote(_CHUNK_IDS)} "
                                 f"{shlex.quote(root)} {self.full_at - 120:.0f}").stdout.split())
             missing = wanted - found
@@ -400,7 +391,7 @@ for path in glob.glob(vault + '/*/*_IDs.txt.xz'):
 def _labels_in_use(lab: Lab) -> set[str]:
     """Labels with chunks or outputs on the main already (an earlier run of a clock scenario
     on this lab used them at another moment: reusing one would mix two real hours)."""
-    folders = [_setting(lab, lab.main, key)
+    folders = [lab.setting(lab.main, key)
                for key in ("data_storage_dst", "incoming_dst", "data_vault_dst")]
     return set(lab.run(lab.main, f"python3 -c {shlex.quote(_LABELS_IN_USE)} "
                        + " ".join(shlex.quote(folder) for folder in folders)).stdout.split())
@@ -445,7 +436,7 @@ class ClockChange:
         self.reset()
         now = time.time()
         change_at = int(now + CHANGE_LEAD_SECONDS) // 60 * 60 + 60
-        own = ZoneInfo(_setting(lab, lab.main, "timezone"))
+        own = ZoneInfo(lab.setting(lab.main, "timezone"))
         start = datetime.fromtimestamp(now, UTC)
         avoid = set(measure.hours_between((start - AVOID_BEFORE).timestamp(),
                                           (start + AVOID_AFTER).timestamp(), own))
@@ -472,7 +463,7 @@ class ClockChange:
         self.restarted_at = time.time()
         try:
             for host in lab.hosts:
-                self.original[host] = _setting(lab, host, "timezone")
+                self.original[host] = lab.setting(host, "timezone")
                 lab.run(host, f"mkdir -p {ZONEINFO}/Lab && echo {encoded} | base64 -d > "
                         f"{target}.new && mv -f {target}.new {target} && "
                         f"sed -i 's|^timezone=.*|timezone={self.name}|' {lab.fleet.SETTINGS} "
@@ -557,7 +548,7 @@ class ClockChange:
         plan = self.plan
         if plan is None:
             return "; ".join(problems)
-        vault = _setting(lab, lab.main, "data_vault_dst")
+        vault = lab.setting(lab.main, "data_vault_dst")
         folder = shlex.quote(f"{vault}/{plan.day}")
         files = lab.run(lab.main, f"ls {folder}", check=False).stdout.split()
         report = lab.run(lab.main, f"cat {folder}/{plan.day}_report.txt", check=False).stdout
@@ -572,7 +563,8 @@ class ClockChange:
             if label.split("T")[1] not in lines:
                 problems.append(f"no report line for {label}")
         if plan.kind == "back":
-            first, second = outputs(lab, plan.label_before), outputs(lab, plan.label_after)
+            first = outputs(lab, vault, plan.label_before)
+            second = outputs(lab, vault, plan.label_after)
             both = first[0].keys() & second[0].keys()
             if both:
                 problems.append(f"{len(both)} ids in both {plan.label_before} and "

@@ -117,7 +117,7 @@ def run_scenario(lab: Lab, scenario: Scenario) -> Window:
 
 def flush(lab: Lab, hours: list[str]) -> None:
     """Close every open chunk (minute boundary), push them, merge every hour involved."""
-    time.sleep(65 - time.time() % 60)
+    lab.wait_for_closed_chunk()
     for host in lab.secondaries:
         result = lab.collector(host, "send")
         print(f"send on {host}: rc {result.returncode}", flush=True)
@@ -127,10 +127,8 @@ def flush(lab: Lab, hours: list[str]) -> None:
               f"{result.stderr.strip()[-200:]}", flush=True)
 
 
-def outputs(lab: Lab, hour: str) -> tuple[Counter[str], Counter[str]]:
+def outputs(lab: Lab, vault: str, hour: str) -> tuple[Counter[str], Counter[str]]:
     """Id counts of the hour's IDs file and tweets file on the main (empty if missing)."""
-    vault = lab.run(lab.main, "sed -n 's/^data_vault_dst=//p' "
-                    f"{lab.fleet.SETTINGS}").stdout.strip()
     day, hh = hour.split("T")
     base = f"{vault}/{day}/{day}_{hh}"
     ids = lab.run(lab.main, f"{UNXZ} {base}_IDs.txt.xz", check=False).stdout
@@ -183,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         hours = list(dict.fromkeys(hour for window in windows for hour in window.hours))
         flush(lab, [hour for hour in hours if not any(hour in window.hours and window.flushed
                                                       for window in windows)])
-        counted = {hour: outputs(lab, hour) for hour in hours}
+        vault = lab.setting(lab.main, "data_vault_dst")
+        counted = {hour: outputs(lab, vault, hour) for hour in hours}
         for window in windows:
             problem = window.scenario.verify(lab)
             if problem:

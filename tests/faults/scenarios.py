@@ -115,18 +115,29 @@ class Lab:
             time.sleep(1.0)
         return None
 
+    def setting(self, host: str, key: str) -> str:
+        """One value of the host's server_settings.txt (the file the role wrote)."""
+        return self.run(host, f"sed -n 's/^{key}=//p' {self.fleet.SETTINGS}").stdout.strip()
+
+    def stream_pid(self, host: str) -> str:
+        """The stream service's main process on the host (as the host numbers it)."""
+        return self.run(host, f"systemctl show -p MainPID --value {STREAM_UNIT}").stdout.strip()
+
+    def init_pid(self, host: str) -> int:
+        """The host's init (its systemd), as this machine numbers it: nspawn's child."""
+        pid = int(self.state["hosts"][host]["pid"])
+        return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+
     def kill_stream(self, host: str) -> None:
         """kill -9 of the stream's main process (systemd restarts it: Restart=always)."""
-        self.run(host, f"kill -9 $(systemctl show -p MainPID --value {STREAM_UNIT})")
+        self.run(host, f"kill -9 {self.stream_pid(host)}")
 
     def power_off(self, host: str) -> None:
         """Cut the power: SIGKILL the host's init, which kills every process of the host at
         once (its PID namespace ends); nothing is shut down cleanly."""
         nspawn = self.fleet.nspawn
         pid = int(self.state["hosts"][host]["pid"])
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        for child in children:
-            os.kill(int(child), 9)
+        os.kill(self.init_pid(host), 9)
         deadline = time.monotonic() + 60
         while nspawn.pid_alive(pid) and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
@@ -148,7 +159,7 @@ class Lab:
         """Wait past the next minute boundary: every stream has then closed a chunk that no
         `send` has pushed yet, so a push has something to do (with nothing to push, `send`
         succeeds without calling the main)."""
-        time.sleep(62 - time.time() % 60)
+        time.sleep(65 - time.time() % 60)
 
     def send_all(self, expect_ok: bool, powered_off: str = "") -> None:
         """One `send` on every secondary that is running, as the hourly cron runs it."""
@@ -238,20 +249,12 @@ def _block_ssh(lab: Lab) -> None:
     lab.wait_for_closed_chunk()
     lab.run(lab.main, f"mv {PUSH_AUTHORIZED_KEYS} {PUSH_AUTHORIZED_KEYS}.blocked")
     for _ in range(SSH_BLOCKED_CYCLES):
-        for host in lab.secondaries:
-            result = lab.collector(host, "send")
-            if result.returncode == 0:
-                raise RuntimeError(f"send on {host} succeeded although SSH was blocked")
+        lab.send_all(expect_ok=False)
 
 
 def _unblock_ssh(lab: Lab) -> None:
     lab.run(lab.main, f"mv {PUSH_AUTHORIZED_KEYS}.blocked {PUSH_AUTHORIZED_KEYS}")
-    # The next hourly cycle: the backlog of the blocked cycles goes through.
-    for host in lab.secondaries:
-        result = lab.collector(host, "send")
-        if result.returncode != 0:
-            raise RuntimeError(f"send on {host} failed after SSH came back: "
-                               f"{result.stderr.strip()[-200:]}")
+    lab.send_all(expect_ok=True)  # the next hourly cycle: the blocked cycles' backlog goes
 
 
 # ---- 2. a host powered off for ten minutes --------------------------------------------------
@@ -378,13 +381,9 @@ def _stop_main_sshd(lab: Lab) -> None:
             lab.send_all(expect_ok=False)
     finally:
         # The lab reaches its hosts over that sshd: start it again through the machine.
-        lab.fleet.nspawn.run(["nsenter", "-t", str(_host_init(lab, lab.main)), "-a",
+        lab.fleet.nspawn.run(["nsenter", "-t", str(lab.init_pid(lab.main)), "-a",
                               "systemctl", "start", "ssh.service"])
 
-
-def _host_init(lab: Lab, host: str) -> int:
-    pid = int(lab.state["hosts"][host]["pid"])
-    return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
 
 
 def all_scenarios() -> list[Scenario]:

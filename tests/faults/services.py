@@ -52,10 +52,6 @@ _problems: dict[str, list[str]] = {}
 
 # ---- helpers --------------------------------------------------------------------------------
 
-def _setting(lab: Lab, key: str) -> str:
-    return lab.run(lab.main, f"sed -n 's/^{key}=//p' {lab.fleet.SETTINGS}").stdout.strip()
-
-
 def _osf_port(lab: Lab) -> int:
     return int(lab.state["processes"]["fake_osf"]["port"])
 
@@ -101,7 +97,7 @@ def osf_contents(lab: Lab) -> dict[str, str]:
 
 def vault_contents(lab: Lab) -> dict[str, str]:
     """sha256 of every file of the main's vault that belongs on OSF, keyed like OSF's."""
-    vault = _setting(lab, "data_vault_dst")
+    vault = lab.setting(lab.main, "data_vault_dst")
     listing = lab.run(lab.main, f"cd {shlex.quote(vault)} && "
                       "sha256sum [0-9]*-*-*/*_IDs.txt.xz [0-9]*-*-*/*_report.txt", check=False)
     found: dict[str, str] = {}
@@ -149,7 +145,7 @@ def _due_upload(name: str) -> Step:
         lab.run(lab.main, f"rm -f {RESULT_FILE}-{name}.log {RESULT_FILE}-{name}.rc")
         # Only closed chunks are merged, and chunks close at minute boundaries: without a new
         # one since the last merge, merging again gives the same bytes and nothing is due.
-        time.sleep(63 - time.time() % 60)
+        lab.wait_for_closed_chunk()
         for host in lab.secondaries:
             lab.collector(host, "send")
         hour = lab.run(lab.main, "TZ=CET date +%Y-%m-%dT%H").stdout.strip()
@@ -281,7 +277,7 @@ def _mails(lab: Lab) -> dict[str, str]:
 
 
 def _outbox(lab: Lab) -> list[str]:
-    folder = f"{_setting(lab, 'data_storage_dst')}/.collector/{OUTBOX}"
+    folder = f"{lab.setting(lab.main, 'data_storage_dst')}/.collector/{OUTBOX}"
     return lab.run(lab.main, f"ls {folder} 2>/dev/null", check=False).stdout.split()
 
 
@@ -289,7 +285,7 @@ def _smtp_setup(lab: Lab) -> None:
     """Forget when the main last mailed `stream_crashed`, as if an hour had passed: the
     once-an-hour rule would otherwise (rightly) hold back this scenario's alert on a rerun."""
     _problems.pop("smtp-down", None)
-    state = f"{_setting(lab, 'data_storage_dst')}/.collector/alerts_sent.json"
+    state = f"{lab.setting(lab.main, 'data_storage_dst')}/.collector/alerts_sent.json"
     script = ("import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); "
               "d = json.loads(p.read_text()) if p.exists() else {}; "
               f"d.pop({CRASH_KIND!r}, None); p.write_text(json.dumps(d))")
