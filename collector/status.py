@@ -106,6 +106,8 @@ def stream_part(status: HostStatus, settings: Settings, now: float) -> None:
         "malformed_lines": record.get("malformed_lines", 0),
         "stalled": bool(record.get("stalled")),
         "disk_full": bool(record.get("disk_full")),
+        "backlog_bytes": record.get("backlog_bytes", 0),
+        "dropped_messages": record.get("dropped_messages", 0),
         "last_error": record.get("last_error", ""),
         "health_record_age": round(age, 1),
     }
@@ -115,6 +117,11 @@ def stream_part(status: HostStatus, settings: Settings, now: float) -> None:
         return
     if record.get("disk_full"):
         status.worsen(Verdict.DEGRADED, "data_storage_dst is full; messages wait in memory")
+    if dropped := int(record.get("dropped_messages", 0)):
+        # Lost for good on this host (another server may still hold them): stays visible
+        # until the stream restarts, so the hourly check cannot miss it.
+        status.worsen(Verdict.DEGRADED, f"{dropped} message(s) dropped since the stream "
+                                        "started: the disk was full and memory too")
     if not record.get("connected"):
         since = max(float(record.get("last_message_at", 0)), float(record.get("started_at", 0)))
         if now - since > DISCONNECTED_DEGRADED_AFTER:

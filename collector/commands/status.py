@@ -48,6 +48,8 @@ def render(status: HostStatus) -> str:
         ("last tweet", _age(stream.get("last_tweet_age"))),
         ("open chunk", stream.get("open_chunk") or "-"),
     ]
+    if stream.get("backlog_bytes"):
+        rows.append(("waiting in memory", f"{stream['backlog_bytes']} bytes"))
     if status.role == "main":
         processing, uploading = status.processing, status.uploading
         rows += [

@@ -98,3 +98,25 @@ def test_main_counts_due_hours_and_reports_a_failed_upload(
         f"3 due hours are not processed (oldest {report['processing']['oldest_hour_waiting']})",
         "the last upload failed: OSF answered 507: quota exceeded",
     ]
+
+
+def test_a_full_disk_shows_the_memory_backlog_and_dropped_messages_degrade(
+    write_settings: SettingsWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = load_settings(write_settings())
+    now = time.time()
+    health = StreamHealth(connected=True, connected_since=now - 60, last_message_at=now,
+                          last_tweet_at=now, open_chunk="srv1_x.jsonl.part", disk_full=True,
+                          backlog_bytes=5_120, dropped_messages=3)
+    HealthFile(settings.state_dir / STATUS_FILE).write(health)
+    assert main(["--settings", str(settings.source), "status"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "waiting in memory  5120 bytes" in out
+    assert out[-2:] == [
+        "problem            data_storage_dst is full; messages wait in memory",
+        "problem            3 message(s) dropped since the stream started: the disk was full "
+        "and memory too",
+    ]
+    assert main(["--settings", str(settings.source), "status", "--json"]) == 1
+    stream = orjson.loads(capsys.readouterr().out)["stream"]
+    assert (stream["backlog_bytes"], stream["dropped_messages"]) == (5_120, 3)
