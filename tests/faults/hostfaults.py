@@ -172,7 +172,9 @@ class DiskFull:
             "disk-full-one-host",
             f"6. data_storage_dst of one secondary full (a tmpfs filled to ENOSPC) for "
             f"{FULL_SECONDS:g} s while streaming, then the filler is deleted",
-            self.inject, self.recover, self.setup, verify=self.verify, cleanup=self.cleanup)
+            self.inject, self.recover, self.setup, verify=self.verify, cleanup=self.cleanup,
+            # The push in setup, the full minute and the refill, clear of the hourly push.
+            quiet_seconds=240.0)
 
     def setup(self, lab: Lab) -> None:
         self.reset()

@@ -71,6 +71,11 @@ def run_scenario(lab: Lab, scenario: Scenario) -> Window:
     print(f"== {scenario.name}: {scenario.description}", flush=True)
     notes: list[str] = []  # figures worth a line in the table
     problems: list[str] = []  # what makes the row fail
+    if scenario.quiet_seconds:
+        try:
+            lab.wait_clear_of_cron(scenario.quiet_seconds)
+        except RuntimeError as error:
+            problems.append(str(error))
     if lab.wait_healthy(HEALTHY_TIMEOUT) is None:
         problems.append("fleet not healthy before the fault")
     scenario.setup(lab)
