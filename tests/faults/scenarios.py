@@ -15,8 +15,10 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,10 +297,34 @@ def _kill_all(lab: Lab) -> None:
 
 # ---- 7. the main swapped mid-day; the API keys rotated under load --------------------------
 
+SWAP_PUSH_INTERVAL = 2.0
+
+
 def _swap_main(lab: Lab) -> None:
-    if lab.fleet.swap() != 0:
-        raise RuntimeError("site.yml did not swap the main")
+    """Swap the main while every secondary pushes every few seconds, so that pushes meet the
+    handover: one landing on the former main after its data was packed would be lost."""
+    stop = threading.Event()
+    outcomes: Counter[str] = Counter()
+
+    def push(host: str) -> None:
+        while not stop.is_set():
+            outcomes["ok" if lab.collector(host, "send").returncode == 0 else "failed"] += 1
+            stop.wait(SWAP_PUSH_INTERVAL)
+
+    pushers = [threading.Thread(target=push, args=(host,), daemon=True)
+               for host in lab.secondaries]
+    for pusher in pushers:
+        pusher.start()
+    try:
+        if lab.fleet.swap() != 0:
+            raise RuntimeError("site.yml did not swap the main")
+    finally:
+        stop.set()
+        for pusher in pushers:
+            pusher.join()
     lab.main = lab.fleet.main_of_inventory()
+    print(f"   pushes during the swap: {outcomes['ok']} succeeded, {outcomes['failed']} "
+          "refused or failed", flush=True)
 
 
 def _rotate_keys(lab: Lab) -> None:
@@ -474,7 +500,8 @@ def all_scenarios() -> list[Scenario]:
                  "3. SSH from the secondaries to the main refused for three `send` runs",
                  _block_ssh, _unblock_ssh, quiet_seconds=SSH_QUIET_SECONDS),
         Scenario("swap-main-mid-day",
-                 "7. the main moved to the other host (inventory edit, site.yml) mid-day",
+                 "7. the main moved to the other host (inventory edit, site.yml) mid-day, "
+                 "the secondaries pushing every few seconds meanwhile",
                  _swap_main),
         Scenario("rotate-keys-under-load",
                  "7. every host's bearer token rotated (rotate_api_keys.yml) while streaming; "
