@@ -92,6 +92,11 @@ class ChunkWriter:
         self.zone = zone
         self.first_minute = int(started_at // 60)
         self.current: _OpenChunk | None = None
+        # End of the last minute whose chunk was closed: a line stamped before it (the reader
+        # stamped it just before the minute ended, the writer took it after) joins the next
+        # chunk, for a new chunk of a closed minute would take that chunk's name while the
+        # closed one still waits in the backlog, and its rename would replace it.
+        self.closed_until = 0.0
         # FIFO of pending work: (chunk, bytes) to append, or (chunk, None) to close it.
         self.backlog: deque[tuple[_OpenChunk, bytes | None]] = deque()
         self.backlog_bytes = 0
@@ -106,7 +111,7 @@ class ChunkWriter:
         """Queue one line (ending in `\\n`); False if dropped because the backlog is full."""
         chunk = self.current
         if chunk is None or received_at >= chunk.minute_end:
-            chunk = self._rotate(received_at)
+            chunk = self._rotate(max(received_at, self.closed_until))
         if self.backlog_bytes + len(line) > MAX_BACKLOG_BYTES:
             self.dropped += 1
             return False
@@ -117,18 +122,17 @@ class ChunkWriter:
     def tick(self, now: float) -> None:
         """Close the open chunk once its minute is over, even if no message arrives."""
         if self.current is not None and now >= self.current.minute_end:
-            self.backlog.append((self.current, None))
-            self.current = None
+            self.close()
 
     def close(self) -> None:
         """Queue the closing of the open chunk (on stop)."""
         if self.current is not None:
             self.backlog.append((self.current, None))
+            self.closed_until = self.current.minute_end
             self.current = None
 
     def _rotate(self, received_at: float) -> _OpenChunk:
-        if self.current is not None:
-            self.backlog.append((self.current, None))
+        self.close()
         minute = int(received_at // 60)
         moment = datetime.fromtimestamp(received_at, UTC)
         mid_minute = minute == self.first_minute

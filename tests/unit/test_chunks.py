@@ -46,6 +46,25 @@ def test_lines_go_to_their_minute_and_chunks_close_on_time(tmp_path: Path) -> No
     assert writer.closed_chunks == 2
 
 
+def test_a_line_stamped_before_its_minute_closed_joins_the_next_chunk(tmp_path: Path) -> None:
+    """The reader stamps a line just before a minute ends; the writer thread takes it only
+    after `tick` closed that minute. Before, it opened a second chunk of the closed minute
+    under the same name, and that chunk's rename replaced the first one (CI lost 40 lines)."""
+    writer = ChunkWriter(tmp_path, "srv1", CET, started_at=T0)
+    writer.add(T0, b"a\n")
+    writer.add(T0 + 10, b"b\n")
+    writer.tick(T0 + 30.01)  # 21:10:00.01: 21:09 is over, its chunk not yet written
+    writer.add(T0 + 29.999, b"late\n")  # stamped 21:09:59.999
+    writer.add(T0 + 31, b"c\n")
+    writer.flush(sync=True)
+    writer.close()
+    writer.flush(sync=True)
+    assert files(tmp_path) == {
+        "2026-11-27/21/srv1_2026-11-27_21-09-30.jsonl": b"a\nb\n",
+        "2026-11-27/21/srv1_2026-11-27_21-10.jsonl": b"late\nc\n",
+    }
+
+
 def test_restart_in_the_same_minute_never_overwrites(tmp_path: Path) -> None:
     first = ChunkWriter(tmp_path, "srv1", CET, started_at=T0)
     first.add(T0, b"a\n")
