@@ -125,7 +125,7 @@ class ChunkWriter:
             self.close()
 
     def close(self) -> None:
-        """Queue the closing of the open chunk (on stop)."""
+        """Queue the closing of the open chunk (its minute is over, or the stream stops)."""
         if self.current is not None:
             self.backlog.append((self.current, None))
             self.closed_until = self.current.minute_end
