@@ -64,8 +64,9 @@ wheelhouse: venv
 lab: deps venv
 	$(PY) -m tests.lab.fleet up --seconds $(LAB_SECONDS)
 
-# The fault suite (root only): boots its own lab "faults", runs every scenario, rewrites
-# docs/RELIABILITY.md, brings the lab down. FAULTS="--scenario NAME ..." picks scenarios.
+# The fault suite (root only): boots its own labs side by side ("faults", and one for each
+# power cut), runs every scenario, rewrites docs/RELIABILITY.md, brings the labs down.
+# FAULTS="--scenario NAME ..." picks scenarios; FAULTS=--one-lab keeps them in one lab.
 faults: deps venv
 	$(PY) -m tests.faults.run $(FAULTS)
 

@@ -10,13 +10,18 @@
 
 8. `clock-back` / `clock-forward`: the hosts share this machine's kernel clock, so the clock
    is not touched; instead every host gets a lab time zone, compiled with `zic`, whose
-   daylight-saving change happens a minute or two after setup, on a whole local hour: going
-   back, local hour HH happens twice (`HH`, then `HHb`, as collector.layout names it); going
-   forward, HH is skipped. The fleet streams across the change in that zone; the window's
-   hours are named in it (`Scenario.zone`). They only exist while the fleet uses the zone,
-   so the cleanup stops the streams (closing their chunks), sends, processes those hours on
-   the main, then restores each host's own zone. The chosen hour avoids every label the
-   fleet's own zone used in the last hours, so the two zones' chunks never share an hour.
+   daylight-saving change happens on a whole local hour, 35 to 95 s after the moment it is
+   planned: going back, local hour HH happens twice (`HH`, then `HHb`, as collector.layout
+   names it); going forward, HH is skipped. Setup first merges the fleet's own recent hours
+   (the lab zone is hours away from the fleet's, and would make them look overdue), then
+   plans the change, installs the zone and restarts every stream in it; if the fleet is not
+   streaming in the zone 20 s before the change, it leaves the zone and plans again, so a
+   slow setup costs time, never the row. The fleet streams across the change in that zone;
+   the window's hours are named in it (`Scenario.zone`). They only exist while the fleet
+   uses the zone, so the cleanup stops the streams (closing their chunks), sends, processes
+   those hours on the main, then restores each host's own zone. The chosen hour avoids every
+   label the fleet's own zone used in the last hours, so the two zones' chunks never share
+   an hour.
 """
 
 from __future__ import annotations
@@ -172,9 +177,7 @@ class DiskFull:
             "disk-full-one-host",
             f"6. data_storage_dst of one secondary full (a tmpfs filled to ENOSPC) for "
             f"{FULL_SECONDS:g} s while streaming, then the filler is deleted",
-            self.inject, self.recover, self.setup, verify=self.verify, cleanup=self.cleanup,
-            # The push in setup, the full minute and the refill, clear of the hourly push.
-            quiet_seconds=240.0)
+            self.inject, self.recover, self.setup, verify=self.verify, cleanup=self.cleanup)
 
     def setup(self, lab: Lab) -> None:
         self.reset()
@@ -287,10 +290,16 @@ class DiskFull:
 
 # ---- 8. a day with a clock change ------------------------------------------------------------
 
-# The change happens this long after setup starts (setup restarts every stream first), at the
-# next whole minute; the window then streams this long past it.
-CHANGE_LEAD_SECONDS = 75
-AFTER_CHANGE_SECONDS = 45.0
+# The change is planned at the first whole minute at least this long after the fleet's own
+# hours are merged (the zone is then installed and every stream restarted in it, seconds);
+# the window then streams this long past it.
+CHANGE_LEAD_SECONDS = 35
+AFTER_CHANGE_SECONDS = 30.0
+# The fleet must be streaming in the zone this long before the change (the runner's lead,
+# then the check of the open chunks 8 s before it); later than that, the zone is left again
+# and the change planned anew, at most this many times.
+READY_BEFORE_CHANGE = 20.0
+ZONE_ATTEMPTS = 3
 # Labels of the fleet's own zone within this span around setup are never reused.
 AVOID_BEFORE = timedelta(hours=6)
 AVOID_AFTER = timedelta(hours=1)
@@ -378,23 +387,26 @@ def compile_zone(name: str, source: str) -> bytes:
         return (Path(folder) / name).read_bytes()
 
 
-# Hour labels the main holds chunks or outputs of (run on the main: data, incoming, vault).
+# Hour labels the main holds chunks (data, incoming) or outputs (vault) of, run on the main.
 _LABELS_IN_USE = """
 import glob, os, sys
 data, incoming, vault = sys.argv[1:4]
 for path in glob.glob(data + '/*/*') + glob.glob(incoming + '/*/*/*'):
     print(os.path.basename(os.path.dirname(path)) + 'T' + os.path.basename(path))
-for path in glob.glob(vault + '/*/*_IDs.txt.xz'):
+for path in glob.glob(vault + '/*/*_IDs.txt.xz') if vault else []:
     day, hour = os.path.basename(path).split('_')[:2]
     print(day + 'T' + hour)
 """
 
 
-def _labels_in_use(lab: Lab) -> set[str]:
-    """Labels with chunks or outputs on the main already (an earlier run of a clock scenario
-    on this lab used them at another moment: reusing one would mix two real hours)."""
+def _labels_in_use(lab: Lab, outputs: bool = True) -> set[str]:
+    """Labels with chunks (and, with `outputs`, outputs) on the main already: an earlier run
+    of a clock scenario on this lab used them at another moment, and reusing one would mix
+    two real hours."""
     folders = [lab.setting(lab.main, key)
                for key in ("data_storage_dst", "incoming_dst", "data_vault_dst")]
+    if not outputs:
+        folders[2] = ""
     return set(lab.run(lab.main, f"python3 -c {shlex.quote(_LABELS_IN_USE)} "
                        + " ".join(shlex.quote(folder) for folder in folders)).stdout.split())
 
@@ -435,7 +447,47 @@ class ClockChange:
             zone=lambda: self.zone)
 
     def setup(self, lab: Lab) -> None:
+        """Merge the fleet's own recent hours, then move every host into a lab zone whose
+        change is planned from that moment. Without the merge, the lab zone (hours away from
+        the fleet's own) would make the own zone's current hour, and the previous one until
+        its hourly run, look overdue: the main then rightly reports "2 due hours are not
+        processed" and the fleet is not healthy in the zone."""
         self.reset()
+        self._merge_own_hours(lab)
+        for attempt in range(1, ZONE_ATTEMPTS + 1):
+            if not self._enter_zone(lab) or time.time() <= self.change_at - READY_BEFORE_CHANGE:
+                return
+            print(f"   {self.name}: streaming in the zone only "
+                  f"{self.change_at - time.time():.0f} s before its change "
+                  f"(attempt {attempt}): leaving it, planning again", flush=True)
+            self._leave_zone(lab)
+            self.plan, self.zone = None, None
+        self.problems.append(f"the fleet was never streaming in {self.name} "
+                             f"{READY_BEFORE_CHANGE:g} s before the change")
+
+    @property
+    def change_at(self) -> int:
+        return self.plan.change_at if self.plan is not None else 0
+
+    def _merge_own_hours(self, lab: Lab) -> None:
+        """Push, then merge (--force) the last two hours of the fleet's own zone that hold
+        chunks, so none of them is due unmerged while the fleet runs in the lab zone."""
+        for host in lab.secondaries:
+            lab.collector(host, "send")
+        own = ZoneInfo(lab.setting(lab.main, "timezone"))
+        now = time.time()
+        recent = measure.hours_between(now - 3600, now, own)
+        with_chunks = _labels_in_use(lab, outputs=False)
+        for hour in recent:
+            if hour in with_chunks:
+                result = self._process(lab, hour)
+                if result.returncode != 0:
+                    self.problems.append(f"process {hour} before the zone change: "
+                                         f"{_tail(result)}")
+
+    def _enter_zone(self, lab: Lab) -> bool:
+        """Plan a change from now, install the zone on every host, restart every stream in
+        it and wait until the fleet is healthy. False if the zone could not be made."""
         now = time.time()
         change_at = int(now + CHANGE_LEAD_SECONDS) // 60 * 60 + 60
         own = ZoneInfo(lab.setting(lab.main, "timezone"))
@@ -449,13 +501,13 @@ class ClockChange:
         except (RuntimeError, subprocess.CalledProcessError) as error:
             detail = getattr(error, "stderr", "") or str(error)
             self.problems.append(f"no lab zone: {detail.strip()[-200:]}")
-            return
+            return False
         zone = ZoneInfo.from_file(io.BytesIO(compiled), key=self.name)
         seen = (str(hour_of(datetime.fromtimestamp(change_at - 30, UTC), zone)),
                 str(hour_of(datetime.fromtimestamp(change_at + 30, UTC), zone)))
         if seen != (plan.label_before, plan.label_after):
             self.problems.append(f"the compiled zone gives {seen}, not the plan's labels")
-            return
+            return False
         self.plan, self.zone = plan, zone
         print(f"   {self.name}: UTC{_offset(plan.before)} -> UTC{_offset(plan.after)} at "
               f"{datetime.fromtimestamp(change_at, UTC):%H:%M} UTC: {plan.label_before} -> "
@@ -465,7 +517,7 @@ class ClockChange:
         self.restarted_at = time.time()
         try:
             for host in lab.hosts:
-                self.original[host] = lab.setting(host, "timezone")
+                self.original.setdefault(host, lab.setting(host, "timezone"))
                 lab.run(host, f"mkdir -p {ZONEINFO}/Lab && echo {encoded} | base64 -d > "
                         f"{target}.new && mv -f {target}.new {target} && "
                         f"sed -i 's|^timezone=.*|timezone={self.name}|' {lab.fleet.SETTINGS} "
@@ -473,9 +525,8 @@ class ClockChange:
         except subprocess.CalledProcessError as error:
             self.problems.append(f"zone not installed: {(error.stderr or '').strip()[-200:]}")
         if lab.wait_healthy(HEALTHY_TIMEOUT) is None:
-            self.problems.append(f"fleet not healthy in {self.name}")
-        if time.time() > change_at - 20:
-            self.problems.append("setup took too long: the change came before the window")
+            self.problems.append(f"fleet not healthy in {self.name}: {lab.unhealthy}")
+        return True
 
     def inject(self, lab: Lab) -> None:
         """Stream across the change; every host's open chunk moves to the right label."""
@@ -498,6 +549,9 @@ class ClockChange:
     def cleanup(self, lab: Lab) -> None:
         """Close, send and process the zone's hours while the fleet still uses the zone
         (`--hour 01b` exists nowhere else), then give every host its own zone back."""
+        self._leave_zone(lab, check_skipped=True)
+
+    def _leave_zone(self, lab: Lab, check_skipped: bool = False) -> None:
         try:
             if self.zone is not None:
                 for host in lab.hosts:
@@ -510,7 +564,7 @@ class ClockChange:
                     result = self._process(lab, hour)
                     if result.returncode != 0:
                         self.problems.append(f"process {hour}: {_tail(result)}")
-                if self.plan is not None and self.kind == "forward":
+                if check_skipped and self.plan is not None and self.kind == "forward":
                     self._check_skipped_hour_refused(lab, self.plan.label(self.plan.hour))
         except subprocess.CalledProcessError as error:
             self.problems.append(f"closing the zone's hours failed: "
@@ -523,16 +577,11 @@ class ClockChange:
                 if result.returncode != 0:
                     self.problems.append(f"{host} not given back {zone}: {_tail(result)}")
             if lab.wait_healthy(HEALTHY_TIMEOUT) is None:
-                self.problems.append("fleet not healthy back in its own zone")
+                self.problems.append(f"fleet not healthy back in its own zone: {lab.unhealthy}")
 
-    def _process(self, lab: Lab, hour: str) -> subprocess.CompletedProcess[str]:
-        """`process --hour --force` on the main, waiting out an hourly run holding the lock."""
-        for _ in range(30):
-            result = lab.collector(lab.main, f"process --hour {hour} --force")
-            if "another collector process" not in result.stderr:
-                return result
-            time.sleep(5.0)
-        return result
+    @staticmethod
+    def _process(lab: Lab, hour: str) -> subprocess.CompletedProcess[str]:
+        return lab.collector(lab.main, f"process --hour {hour} --force")
 
     def _check_skipped_hour_refused(self, lab: Lab, hour: str) -> None:
         result = self._process(lab, hour)

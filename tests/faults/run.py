@@ -1,14 +1,24 @@
 """`make faults`: run fault scenarios on the nspawn lab and write docs/RELIABILITY.md.
 
-    python -m tests.faults.run [--scenario NAME ...] [--reuse] [--keep] [--list]
+    python -m tests.faults.run [--scenario NAME ...] [--one-lab] [--reuse] [--keep] [--list]
 
-Boots its own lab (name `faults`, env COLLECTOR_LAB_NAME overrides it) unless `--reuse` finds
-one running, then for each scenario: waits for a healthy fleet, snapshots the fake API's log,
-lets the fleet stream, injects the fault, recovers, times the recovery, snapshots the log
-again. One flush at the end (every open chunk closed at a minute boundary, `send` on the
-secondaries, `process --force` of every hour involved on the main) and the counts per
-scenario: the ids the fake sent whole in the scenario's window against the main's outputs.
-The lab is brought down at the end unless `--keep`. Root only (nspawn).
+Scenarios run in labs side by side, each two hosts with its own test doubles: a scenario
+whose time is mostly waiting (a ten-minute power cut) names a lab of its own (`Scenario.lab`:
+`b`, `c`), all others run one after the other in the first lab (`faults`; env
+COLLECTOR_LAB_NAME renames it, the others take its name plus `-b`, `-c`), so the campaign
+takes about as long as the first lab alone. The labs share nothing but this machine (the
+image and the wheelhouse are built once, before any of them boots); each other lab is this
+runner again in a child process (`--one-lab --results FILE`), whose output is shown prefixed
+with its lab's name. `--one-lab` runs every chosen scenario in one lab, in order.
+
+In each lab the hosts' cron daemon is stopped: the runner plays cron between scenarios (the
+same commands, when an hour is due), so no scenario depends on where the cron minutes fall.
+For each scenario: wait for a healthy fleet, snapshot the fake API's log, let the fleet
+stream, inject the fault, recover, time the recovery, snapshot again. One flush per lab at
+the end (every stream stopped, which closes its open chunk; `send` on the secondaries;
+`process --force` of every hour involved on the main) and the counts per scenario: the ids
+the fake sent whole in the scenario's window against the main's outputs. A lab is brought
+down at the end unless `--keep`. Root only (nspawn).
 """
 
 from __future__ import annotations
@@ -17,10 +27,13 @@ import argparse
 import importlib
 import json
 import os
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -28,13 +41,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tests.faults import measure
-from tests.faults.scenarios import Lab, Scenario, all_scenarios
+from tests.faults.scenarios import STREAM_UNIT, Lab, Scenario, all_scenarios
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT = REPO / "docs" / "RELIABILITY.md"
 LAB_NAME = "faults"
-LEAD_SECONDS = 8.0  # streaming before the fault, so the window holds data on both sides
-TAIL_SECONDS = 8.0
+LEAD_SECONDS = 5.0  # streaming before the fault, so the window holds data on both sides
+TAIL_SECONDS = 5.0
 HEALTHY_TIMEOUT = 240.0
 ZONE = ZoneInfo("CET")  # the lab's inventory keeps the default timezone
 # The hosts have no xz binary; their python3 has lzma.
@@ -56,28 +69,45 @@ class Window:
     flushed: bool = False  # the scenario processed its hours itself (its own time zone)
 
 
+@dataclass
+class LabRun:
+    """What one lab's run produced: its rows (with whether each failed) and its size."""
+
+    rows: list[measure.Outcome]
+    failed: list[bool]
+    hosts: int
+
+
 def load_fleet() -> ModuleType:
     """tests.lab.fleet with this suite's own lab name and inventory (read at import time)."""
     os.environ.setdefault("COLLECTOR_LAB_NAME", LAB_NAME)
     # The sampled stream's real average rate, so "under load" means what it says.
     os.environ.setdefault("COLLECTOR_LAB_RATE", "60")
-    cache = Path(os.environ.get("COLLECTOR_LAB_CACHE", "/var/tmp/collector-lab"))
     os.environ.setdefault("COLLECTOR_LAB_INVENTORY",
-                          str(cache / os.environ["COLLECTOR_LAB_NAME"] / "inventory"))
+                          str(lab_cache() / os.environ["COLLECTOR_LAB_NAME"] / "inventory"))
     return importlib.import_module("tests.lab.fleet")
+
+
+def lab_cache() -> Path:
+    return Path(os.environ.get("COLLECTOR_LAB_CACHE", "/var/tmp/collector-lab"))
+
+
+def commit() -> str:
+    """The commit the suite runs (`+changes` when the work tree differs from it)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=False).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def run_scenario(lab: Lab, scenario: Scenario) -> Window:
     print(f"== {scenario.name}: {scenario.description}", flush=True)
+    began = time.monotonic()
     notes: list[str] = []  # figures worth a line in the table
     problems: list[str] = []  # what makes the row fail
-    if scenario.quiet_seconds:
-        try:
-            lab.wait_clear_of_cron(scenario.quiet_seconds)
-        except RuntimeError as error:
-            problems.append(str(error))
     if lab.wait_healthy(HEALTHY_TIMEOUT) is None:
-        problems.append("fleet not healthy before the fault")
+        problems.append(f"fleet not healthy before the fault ({lab.unhealthy})")
     scenario.setup(lab)
     zone = scenario.zone()
     before = lab.api_log()
@@ -99,6 +129,8 @@ def run_scenario(lab: Lab, scenario: Scenario) -> Window:
                                                   for host in scenario.reconnects(lab)})
     if recovery is not None:
         recovery = time.monotonic() - fault_ended
+    else:
+        problems.append(f"not healthy {HEALTHY_TIMEOUT:g} s after the fault ({lab.unhealthy})")
     time.sleep(TAIL_SECONDS)
     after = lab.api_log()
     sent = measure.sent_ids(before, after)
@@ -114,15 +146,17 @@ def run_scenario(lab: Lab, scenario: Scenario) -> Window:
     except (RuntimeError, OSError) as error:
         problems.append(f"cleanup failed: {error}")
     print(f"   sent {len(sent)} ids, recovery "
-          f"{'none' if recovery is None else f'{recovery:.1f} s'}", flush=True)
+          f"{'none' if recovery is None else f'{recovery:.1f} s'}; the scenario took "
+          f"{time.monotonic() - began:.0f} s", flush=True)
     return Window(scenario, sent, hours, recovery, "; ".join(problems + notes), bool(problems),
                   {"started": started, "injected": injected, "before": before, "after": after},
                   flushed=zone is not None)
 
 
 def flush(lab: Lab, hours: list[str]) -> None:
-    """Close every open chunk (minute boundary), push them, merge every hour involved."""
-    lab.wait_for_closed_chunk()
+    """Stop every stream (it closes its open chunk), push them, merge every hour involved."""
+    for host in lab.hosts:
+        lab.run(host, f"systemctl stop {STREAM_UNIT}")
     for host in lab.secondaries:
         result = lab.collector(host, "send")
         print(f"send on {host}: rc {result.returncode}", flush=True)
@@ -161,28 +195,19 @@ def write_evidence(path: Path, windows: list[Window],
     print(f"evidence: {path}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    scenarios = {scenario.name: scenario for scenario in all_scenarios()}
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", action="append", choices=list(scenarios),
-                        help="run only this scenario (repeatable)")
-    parser.add_argument("--reuse", action="store_true", help="use the running lab of this name")
-    parser.add_argument("--keep", action="store_true", help="leave the lab running at the end")
-    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    args = parser.parse_args(argv)
-    if args.list:
-        for scenario in scenarios.values():
-            print(f"{scenario.name:28} {scenario.description}")
-        return 0
-    chosen = [scenarios[name] for name in args.scenario or scenarios]
-    fleet = load_fleet()
-    if not (args.reuse and fleet.load_state()["hosts"]) and fleet.up(2, 20) != 0:
-        return 1
+def run_lab(fleet: ModuleType, chosen: list[Scenario], run_at: str, reuse: bool,
+            keep: bool) -> LabRun | None:
+    """Boot (or reuse) one lab, run the scenarios in order, flush, count; None if the lab
+    did not come up. The lab is brought down at the end unless `keep`."""
+    if not (reuse and fleet.load_state()["hosts"]) and fleet.up(2, 20) != 0:
+        return None
     try:
         lab = Lab(fleet, fleet.load_state(), fleet.main_of_inventory())
-        run_at = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
-        suite_started = time.monotonic()
-        windows = [run_scenario(lab, scenario) for scenario in chosen]
+        lab.stop_cron()
+        windows = []
+        for scenario in chosen:
+            lab.hourly_cycle()
+            windows.append(run_scenario(lab, scenario))
         hours = list(dict.fromkeys(hour for window in windows for hour in window.hours))
         flush(lab, [hour for hour in hours if not any(hour in window.hours and window.flushed
                                                       for window in windows)])
@@ -199,31 +224,146 @@ def main(argv: list[str] | None = None) -> int:
                                 window.recovery_seconds, window.note, run_at)
                 for window in windows]
         write_evidence(fleet.LAB_DIR / "faults-evidence.json", windows, counted)
+        if keep:  # a lab left running is a working one
+            for host in lab.hosts:
+                lab.run(host, f"systemctl start {STREAM_UNIT} cron.service", check=False)
+        return LabRun(rows, [window.failed for window in windows], len(lab.hosts))
     finally:
-        if not args.keep:
+        if not keep:
             fleet.down()
-    # A run of some scenarios keeps the other scenarios' rows of earlier runs (dated).
+
+
+def start_other_lab(suffix: str, names: list[str], args: argparse.Namespace,
+                    results: Path) -> tuple[subprocess.Popen[str], threading.Thread]:
+    """This runner again, for the lab `<first lab>-<suffix>`, its output prefixed with the
+    lab's name."""
+    name = f"{os.environ['COLLECTOR_LAB_NAME']}-{suffix}"
+    env = dict(os.environ, COLLECTOR_LAB_NAME=name, COLLECTOR_LAB_PREBUILT="1",
+               COLLECTOR_LAB_INVENTORY=str(lab_cache() / name / "inventory"))
+    command = [sys.executable, "-m", "tests.faults.run", "--one-lab", "--results", str(results),
+               *(f"--scenario={scenario}" for scenario in names),
+               *(["--reuse"] if args.reuse else []), *(["--keep"] if args.keep else [])]
+    child = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def relay() -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            print(f"[{name}] {line}", end="", flush=True)
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
+    return child, relaying
+
+
+def other_lab_rows(results: Path) -> LabRun | None:
+    try:
+        data = json.loads(results.read_text())
+    except (OSError, ValueError):
+        return None
+    return LabRun([measure.Outcome(**row) for row in data["rows"]], data["failed"],
+                  data["hosts"])
+
+
+def by_lab(chosen: list[Scenario], one_lab: bool) -> dict[str, list[Scenario]]:
+    """The chosen scenarios by the lab they run in, in their order; the first lab ("") runs
+    the rest, or, when no scenario is left for it, the scenarios of the first other lab."""
+    labs: dict[str, list[Scenario]] = {"": []}
+    for scenario in chosen:
+        labs.setdefault("" if one_lab else scenario.lab, []).append(scenario)
+    if not labs[""] and len(labs) > 1:
+        labs[""] = labs.pop(next(name for name in labs if name))
+    return labs
+
+
+def main(argv: list[str] | None = None) -> int:
+    scenarios = {scenario.name: scenario for scenario in all_scenarios()}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", action="append", choices=list(scenarios),
+                        help="run only this scenario (repeatable)")
+    parser.add_argument("--one-lab", action="store_true",
+                        help="run every chosen scenario in one lab, in order")
+    parser.add_argument("--reuse", action="store_true", help="use the running lab of this name")
+    parser.add_argument("--keep", action="store_true", help="leave the lab running at the end")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--results", type=Path, help=argparse.SUPPRESS)  # another lab's rows
+    args = parser.parse_args(argv)
+    if args.list:
+        for scenario in scenarios.values():
+            lab = f" (lab {scenario.lab} of its own)" if scenario.lab else ""
+            print(f"{scenario.name:34} {scenario.description}{lab}")
+        return 0
+    chosen = [scenarios[name] for name in args.scenario or scenarios]
+    fleet = load_fleet()
+    run_at = f"{datetime.now(UTC):%Y-%m-%d %H:%M} {commit()}"
+    suite_started = time.monotonic()
+    labs = by_lab(chosen, args.one_lab)
+    others = {suffix: group for suffix, group in labs.items() if suffix}
+    children = []
+    folder = Path(tempfile.mkdtemp(prefix="faults-"))
+    if others:
+        # Built once, before any lab boots: two builds at once collide.
+        fleet.nspawn.build_image()
+        fleet.build_wheelhouse()
+        os.environ["COLLECTOR_LAB_PREBUILT"] = "1"
+        for suffix, group in others.items():
+            results = folder / f"lab-{suffix}.json"
+            children.append((results, *start_other_lab(suffix, [s.name for s in group], args,
+                                                       results)))
+    try:
+        mine = run_lab(fleet, labs[""], run_at, args.reuse, args.keep)
+    finally:
+        for _, child, relaying in children:
+            child.wait()
+            relaying.join(timeout=10)
+    if args.results:  # this is another lab: its rows go back to the first lab's runner
+        if mine is not None:
+            args.results.write_text(json.dumps({"rows": [asdict(row) for row in mine.rows],
+                                                "failed": mine.failed, "hosts": mine.hosts}))
+        return 1 if mine is None or any(mine.failed) else 0
+    runs = [mine, *(other_lab_rows(results) for results, _, _ in children)]
+    if any(run is None for run in runs) or mine is None:
+        print("a lab did not come up or its runner failed: no rows written", file=sys.stderr)
+        return 1
+    order = {name: index for index, name in enumerate(scenarios)}
+    pairs = sorted(((row, flag) for run in runs if run
+                    for row, flag in zip(run.rows, run.failed, strict=True)),
+                   key=lambda pair: order[pair[0].scenario])
+    rows = [row for row, _ in pairs]
+    minutes = (time.monotonic() - suite_started) / 60
+    write_report(scenarios, rows, mine.hosts, fleet.FAKE_API_RATE, run_at, minutes,
+                 {suffix: [s.name for s in group] for suffix, group in others.items()})
+    return 1 if any(row.lost or row.duplicated or row.recovery_seconds is None or flag
+                    for row, flag in pairs) else 0
+
+
+def write_report(scenarios: dict[str, Scenario], rows: list[measure.Outcome], hosts: int,
+                 rate: float, run_at: str, minutes: float, others: dict[str, list[str]]) -> None:
+    """docs/RELIABILITY.md: this run's rows, and the other scenarios' rows of earlier runs."""
     previous = measure.parse_rows(REPORT.read_text()) if REPORT.exists() else []
     table = measure.merge(previous, rows, list(scenarios))
     descriptions = "\n".join(f"- `{row.scenario}`: {scenarios[row.scenario].description}"
                              for row in table if row.scenario in scenarios)
-    minutes = (time.monotonic() - suite_started) / 60
-    context = (f"{len(lab.hosts)} hosts, fake API at {fleet.FAKE_API_RATE:g} messages/s (the "
+    side_by_side = (f" in {len(others) + 1} labs side by side ("
+                    + "; ".join(f"lab {suffix} ran {', '.join(names)}"
+                                for suffix, names in others.items())
+                    + ", the first lab all others)" if others else " in one lab")
+    context = (f"{hosts} hosts per lab, fake API at {rate:g} messages/s (the "
                "sampled stream's average), `backfill_minutes=2` (the Enterprise tier's reconnect "
                "backfill: without it, a kill of every host at once loses the few messages in "
-               "flight, 4 to 11 at 20 messages/s when measured), `stall_seconds=20`; "
-               f"the last run ({run_at} UTC) ran {len(rows)} of the {len(scenarios)} "
-               f"scenarios in {minutes:.0f} minutes"
-               + ("; the other rows come from earlier runs (their dates). "
+               "flight, 4 to 11 at 20 messages/s when measured), `stall_seconds=20`; the hosts' "
+               "cron is stopped and the suite runs the hourly jobs itself. The *run* column "
+               "gives the date (UTC) and the commit of the run that produced the row; "
+               f"the last run ({run_at}) ran {len(rows)} of the {len(scenarios)} "
+               f"scenarios{side_by_side} in {minutes:.0f} minutes"
+               + ("; the other rows come from earlier runs. "
                   if len(rows) < len(scenarios) else ". ")
                + "Regenerate with `make faults` (all scenarios) or `python -m tests.faults.run "
                "--scenario NAME` (that row only). Evidence of each run (lost ids, fake API "
-               "connection records): `faults-evidence.json` in the lab folder.\n\n"
+               "connection records): `faults-evidence.json` in each lab's folder.\n\n"
                + descriptions)
     REPORT.write_text(measure.render(table, context))
     print(measure.render(rows, context))
-    return 1 if any(row.lost or row.duplicated or row.recovery_seconds is None or window.failed
-                    for row, window in zip(rows, windows, strict=True)) else 0
 
 
 if __name__ == "__main__":

@@ -14,13 +14,14 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,37 +30,49 @@ from zoneinfo import ZoneInfo
 STREAM_UNIT = "collector.service"
 # Where the role puts the root-owned authorized_keys file that lets secondaries push.
 PUSH_AUTHORIZED_KEYS = "/etc/ssh/authorized_keys/collector"
-# The role's cron file on every host, and how its jobs show in the process table.
-CRON_FILE = "/etc/cron.d/collector"
-CRON_JOB_PATTERN = "--settings [^ ]+ (send|process|upload)( |$)"
+# The hosts' cron daemon: the suite stops it and runs the hourly jobs itself (see `Lab`).
+CRON_UNIT = "cron.service"
 # What a run refused by another run's lock prints (send, process and upload each have one).
 LOCKED = re.compile(r"another collector \w+ is running")
 LOCK_WAIT_SECONDS = 600.0
+CHUNK_WAIT_SECONDS = 150.0
 
 
-def hourly_minutes(crontab: str) -> set[int]:
-    """The minutes of the hourly entries (`M * * * * user command`) of a cron file."""
-    minutes: set[int] = set()
-    for line in crontab.splitlines():
-        fields = line.split()
-        if len(fields) > 6 and fields[0].isdigit() and fields[1:5] == ["*"] * 4:
-            minutes.add(int(fields[0]))
-    return minutes
-
-
-def seconds_until_next(minutes: set[int], now: float) -> float:
-    """Seconds from `now` (epoch) to the next start of any of these minutes past the hour
-    (an hour when there are none). Whole-hour zone offsets keep minutes the same in any zone."""
-    return min(((minute * 60 - now % 3600) % 3600 for minute in minutes), default=3600.0)
+def chunk_closed_after(names: Iterable[str], moment: float) -> bool:
+    """Whether a listing of `mtime name` lines (find -printf '%T@ %p') holds a chunk closed
+    after `moment`: a closed chunk is written last when it closes."""
+    for line in names:
+        stamp, _, name = line.strip().partition(" ")
+        if name.endswith(".jsonl"):
+            with contextlib.suppress(ValueError):
+                if float(stamp) > moment:
+                    return True
+    return False
 
 
 @dataclass
 class Lab:
-    """A running lab (its state file) and the helpers of `tests.lab.fleet` to act on it."""
+    """A running lab (its state file) and the helpers of `tests.lab.fleet` to act on it.
+
+    The hosts' cron daemon is stopped for the whole suite (`stop_cron`): every `send`,
+    `process` and `upload` is then one the suite runs, at a moment it chose, so no scenario
+    depends on where the hosts' cron minutes fall. The runner plays cron between scenarios
+    (`hourly_cycle`), with the same commands, whenever an hour became due.
+    """
 
     fleet: ModuleType
     state: dict[str, Any]
     main: str
+    # Why the fleet was last found not healthy (host: problems), for the row's note.
+    unhealthy: str = ""
+    # When a collector command the suite ran last ended, by host and command (epoch seconds).
+    last_run: dict[tuple[str, str], float] = field(default_factory=dict)
+    # When this handle was made: the lab's own start-up cycle (`fleet.up`) ran before it.
+    made_at: float = field(default_factory=time.time)
+
+    def last_ended(self, host: str, command: str) -> float:
+        """When the suite's last `command` on `host` ended (or the handle was made)."""
+        return self.last_run.get((host, command), self.made_at)
 
     @property
     def hosts(self) -> list[str]:
@@ -75,47 +88,38 @@ class Lab:
         return result
 
     def collector(self, host: str, subcommand: str) -> subprocess.CompletedProcess[str]:
-        """Run a collector subcommand as the service user. A run refused because the host's
-        own cron job holds the same lock is run again once that job is done: the suite tests
-        faults, not which of two identical runs goes first."""
+        """Run a collector subcommand as the service user. A run refused by another run's lock
+        (a scenario's own background upload, say) is run again once that one is done."""
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:
             result = self.run(host, self.fleet.as_collector(subcommand), check=False)
+            self.last_run[(host, subcommand.split()[0])] = time.time()
             if (result.returncode == 0 or not LOCKED.search(result.stderr)
                     or time.monotonic() > deadline):
                 return result
-            print(f"   {host}: {subcommand.split()[0]} waits for the cron job that holds its "
-                  "lock", flush=True)
-            time.sleep(5)
+            print(f"   {host}: {subcommand.split()[0]} waits for the run that holds its lock",
+                  flush=True)
+            time.sleep(2)
 
-    def cron_minutes(self) -> set[int]:
-        """The minutes past each hour at which some host's cron starts a collector job."""
-        minutes: set[int] = set()
+    def stop_cron(self) -> None:
+        """Stop and disable every host's cron daemon (the boot after a power cut keeps it
+        off; the role installs the cron entries but leaves the daemon alone)."""
         for host in self.hosts:
-            minutes |= hourly_minutes(self.run(host, f"cat {CRON_FILE}", check=False).stdout)
-        return minutes
+            self.run(host, f"systemctl disable --now {CRON_UNIT} 2>&1")
 
-    def cron_jobs_running(self) -> list[str]:
-        return [host for host in self.hosts
-                if self.run(host, f"pgrep -f -- '{CRON_JOB_PATTERN}'", check=False).stdout.strip()]
-
-    def wait_clear_of_cron(self, seconds: float) -> None:
-        """Return when no collector cron job runs on any host and none starts within
-        `seconds`: a scenario that runs those jobs by hand then has the hosts to itself."""
-        deadline = time.monotonic() + seconds + LOCK_WAIT_SECONDS
-        minutes = self.cron_minutes()
-        while time.monotonic() < deadline:
-            due = seconds_until_next(minutes, time.time())
-            if due < seconds:
-                print(f"   a cron job starts in {due:.0f} s: waiting until it is done",
-                      flush=True)
-                time.sleep(due + 5)
-            elif busy := self.cron_jobs_running():
-                print(f"   cron job running on {', '.join(busy)}: waiting", flush=True)
-                time.sleep(5)
-            else:
-                return
-        raise RuntimeError("the hosts' cron jobs never left the scenario a quiet window")
+    def hourly_cycle(self) -> bool:
+        """What the hosts' cron jobs would have done by now: when the main has a due hour
+        waiting, `send` on every secondary, then `process` and `upload` on the main. Returns
+        whether it ran."""
+        waiting = self.status(self.main)[1].get("processing", {}).get("hours_waiting", 0)
+        if not waiting:
+            return False
+        for host in self.secondaries:
+            self.collector(host, "send")
+        outcomes = [f"{command} rc {self.collector(self.main, command).returncode}"
+                    for command in ("process", "upload")]
+        print(f"   hourly cycle, as cron would run it: {', '.join(outcomes)}", flush=True)
+        return True
 
     def token(self, host: str) -> str:
         return str(self.state["tokens"][host])
@@ -159,20 +163,26 @@ class Lab:
     def healthy(self, reconnected_since: dict[str, float] | None = None) -> bool:
         """Every host exits 0 from `collector status` and its stream is connected; a host in
         `reconnected_since` must also hold a connection opened after that moment (epoch), so
-        a health record written before the fault does not count as a recovery."""
+        a health record written before the fault does not count as a recovery. What was
+        wrong is kept in `unhealthy`."""
         for host in self.hosts:
             code, status = self.status(host)
             stream = status.get("stream", {})
-            if code != 0 or not stream.get("connected"):
-                return False
             since = (reconnected_since or {}).get(host)
-            if since is not None and float(stream.get("connected_since", 0)) < since:
+            if code != 0 or not stream.get("connected"):
+                problems = "; ".join(status.get("problems", [])) or "not connected"
+                self.unhealthy = f"{host}: {problems}"[:300]
                 return False
+            if since is not None and float(stream.get("connected_since", 0)) < since:
+                self.unhealthy = f"{host}: no new connection since the fault"
+                return False
+        self.unhealthy = ""
         return True
 
     def wait_healthy(self, timeout: float,
                      reconnected_since: dict[str, float] | None = None) -> float | None:
-        """Seconds until the whole fleet is healthy, or None if it never was within timeout."""
+        """Seconds until the whole fleet is healthy, or None if it never was within timeout
+        (`unhealthy` then says why)."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if self.healthy(reconnected_since):
@@ -219,12 +229,28 @@ class Lab:
         self.fleet.save_state(self.state)
         nspawn.wait_until_up(nspawn.Host(**record), nspawn.controller_key())
 
-    @staticmethod
-    def wait_for_closed_chunk() -> None:
-        """Wait past the next minute boundary: every stream has then closed a chunk that no
-        `send` has pushed yet, so a push has something to do (with nothing to push, `send`
-        succeeds without calling the main)."""
-        time.sleep(65 - time.time() % 60)
+    def wait_for_closed_chunk(self, hosts: Iterable[str], after: float = 0.0) -> None:
+        """Wait until each host holds a closed chunk last written after `after` (epoch).
+        On a secondary any closed chunk is one `send` has not pushed yet (it deletes what the
+        main took), so `after=0` means "something to push"; on the main, a chunk closed after
+        the last `process` ended holds lines no output has yet. Chunks close every minute;
+        since the suite's own runs are the only ones, one usually already waits."""
+        deadline = time.monotonic() + CHUNK_WAIT_SECONDS
+        for host in hosts:
+            folder = shlex.quote(self.setting(host, "data_storage_dst"))
+            while True:
+                listing = self.run(host, f"find {folder} -path '*/.*' -prune -o -name '*.jsonl' "
+                                   "-printf '%T@ %p\\n'", check=False).stdout
+                if chunk_closed_after(listing.splitlines(), after):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{host} closed no chunk within {CHUNK_WAIT_SECONDS:g} s")
+                time.sleep(1.0)
+
+    def wait_for_unsent_chunks(self) -> None:
+        """Wait until every secondary holds a closed chunk not yet pushed (with nothing to
+        push, `send` rightly succeeds without calling the main)."""
+        self.wait_for_closed_chunk(self.secondaries)
 
     def send_all(self, expect_ok: bool, powered_off: str = "") -> None:
         """One `send` on every secondary that is running, as the hourly cron runs it."""
@@ -269,10 +295,10 @@ class Scenario:
     # The fleet must never stop streaming: no message of the window may be missed by every
     # host (the runner measures the longest such stretch from the fake API's record).
     gapless: bool = False
-    # The scenario runs the hosts' cron jobs (send, process, upload) by hand for about this
-    # long from its setup: the runner starts it when none of them is due within that time, so
-    # the host's own run neither takes the lock nor does the work the scenario needs undone.
-    quiet_seconds: float = 0.0
+    # The lab it runs in: "" the first; a name (`b`, `c`) a lab of its own, booted side by
+    # side with the first (`tests.faults.run`), for a long scenario whose time is mostly
+    # waiting (a ten-minute power cut), so the campaign takes about as long as its first lab.
+    lab: str = ""
 
 
 # ---- 1. kill -9 of the stream ---------------------------------------------------------------
@@ -336,12 +362,10 @@ def _rotate_keys(lab: Lab) -> None:
 # ---- 3. SSH from the secondaries to the main blocked for three cycles -----------------------
 
 SSH_BLOCKED_CYCLES = 3
-# A closed chunk (up to 65 s), three refused pushes and the one that succeeds, with margin.
-SSH_QUIET_SECONDS = 240.0
 
 
 def _block_ssh(lab: Lab) -> None:
-    lab.wait_for_closed_chunk()
+    lab.wait_for_unsent_chunks()
     lab.run(lab.main, f"mv {PUSH_AUTHORIZED_KEYS} {PUSH_AUTHORIZED_KEYS}.blocked")
     for _ in range(SSH_BLOCKED_CYCLES):
         lab.send_all(expect_ok=False)
@@ -468,7 +492,7 @@ def _freeze_api(lab: Lab) -> None:
 
 def _stop_main_sshd(lab: Lab) -> None:
     """Like `ssh-blocked-3-cycles`: the main's sshd is stopped for three pushes."""
-    lab.wait_for_closed_chunk()
+    lab.wait_for_unsent_chunks()
     lab.run(lab.main, "systemctl stop ssh.socket ssh.service 2>/dev/null; "
             "systemctl stop ssh.service", check=False)
     try:
@@ -490,15 +514,15 @@ def all_scenarios() -> list[Scenario]:
         Scenario("power-off-secondary",
                  f"2. a secondary powered off for {POWER_OFF_SECONDS / 60:g} minutes",
                  _power_cycle(_a_secondary), _power_on(_a_secondary),
-                 reconnects=lambda lab: [_a_secondary(lab)]),
+                 reconnects=lambda lab: [_a_secondary(lab)], lab="b"),
         Scenario("power-off-main",
                  f"2. the main powered off for {POWER_OFF_SECONDS / 60:g} minutes (the "
                  "secondary keeps capturing; the main catches up when back)",
                  _power_cycle(_the_main), _power_on(_the_main),
-                 reconnects=lambda lab: [_the_main(lab)]),
+                 reconnects=lambda lab: [_the_main(lab)], lab="c"),
         Scenario("ssh-blocked-3-cycles",
                  "3. SSH from the secondaries to the main refused for three `send` runs",
-                 _block_ssh, _unblock_ssh, quiet_seconds=SSH_QUIET_SECONDS),
+                 _block_ssh, _unblock_ssh),
         Scenario("swap-main-mid-day",
                  "7. the main moved to the other host (inventory edit, site.yml) mid-day, "
                  "the secondaries pushing every few seconds meanwhile",
@@ -525,7 +549,7 @@ def all_scenarios() -> list[Scenario]:
                  reconnects=_every_host),
         Scenario("outside-sshd-stopped", "3 from outside: the main's sshd stopped for three "
                  "`send` runs, as ssh-blocked-3-cycles", _stop_main_sshd,
-                 lambda lab: lab.send_all(expect_ok=True), quiet_seconds=SSH_QUIET_SECONDS),
+                 lambda lab: lab.send_all(expect_ok=True)),
     ]
     # Scenarios kept in their own modules (imported here: they import this module).
     from tests.faults import hostfaults, services

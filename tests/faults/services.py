@@ -42,10 +42,6 @@ from typing import Any
 from tests.faults.scenarios import Lab, Scenario, Step
 
 OSF_CYCLES = 3
-# A closed chunk (up to 65 s), the push and merge of setup, the failing uploads and the first
-# one after the fault, with margin: the main's hourly process-and-upload must not fall inside
-# (it would publish what setup made due, or take the upload lock).
-QUIET_SECONDS = 300.0
 RESULT_FILE = "/var/tmp/faults-upload"  # on the main: `-<scenario>.log` and `.rc` of the
 # first upload after the fault, run in the background
 OUTBOX = "mail_outbox"
@@ -149,7 +145,7 @@ def _due_upload(name: str) -> Step:
         lab.run(lab.main, f"rm -f {RESULT_FILE}-{name}.log {RESULT_FILE}-{name}.rc")
         # Only closed chunks are merged, and chunks close at minute boundaries: without a new
         # one since the last merge, merging again gives the same bytes and nothing is due.
-        lab.wait_for_closed_chunk()
+        lab.wait_for_closed_chunk([lab.main], lab.last_ended(lab.main, "process"))
         for host in lab.secondaries:
             lab.collector(host, "send")
         hour = lab.run(lab.main, "TZ=CET date +%Y-%m-%dT%H").stdout.strip()
@@ -371,15 +367,14 @@ def scenarios() -> list[Scenario]:
     found = [Scenario("osf-down", f"5. OSF down (fake OSF process stopped, connection refused) "
                       f"for {OSF_CYCLES} `upload` runs, then back on its port with its files",
                       down_inject, down_recover, setup=_due_upload("osf-down"),
-                      verify=_osf_verify("osf-down"), quiet_seconds=QUIET_SECONDS)]
+                      verify=_osf_verify("osf-down"))]
     for name, (text, fault) in OSF_FAULTS.items():
         inject, recover = _osf_fault(name, fault)
         found.append(Scenario(name, f"5. {text}, for {OSF_CYCLES} `upload` runs", inject,
-                              recover, setup=_due_upload(name), verify=_osf_verify(name),
-                              quiet_seconds=QUIET_SECONDS))
+                              recover, setup=_due_upload(name), verify=_osf_verify(name)))
     found.append(Scenario(
         "smtp-down", "5. SMTP server down (process stopped) while the main's stream is killed "
         "(-9): the stream_crashed alert waits in the outbox, mailed by the next `upload` once "
         "SMTP is back", _smtp_inject, _smtp_recover, setup=_smtp_setup,
-        reconnects=lambda lab: [lab.main], verify=_smtp_verify, quiet_seconds=QUIET_SECONDS))
+        reconnects=lambda lab: [lab.main], verify=_smtp_verify))
     return found

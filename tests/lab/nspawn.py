@@ -134,12 +134,20 @@ def prepare_root(image: Path, root: Path, name: str, port: int, public_key: str)
         f"Port {port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n")
 
 
+def machine_name(root: Path, name: str) -> str:
+    """nspawn's name for a host: its lab's name first (`<lab>/hosts/<name>`), so two labs
+    booted side by side, each with a `collector1`, never share nspawn's runtime folders."""
+    return f"{root.parent.parent.name}-{name}"
+
+
 def boot(root: Path, name: str, log_path: Path) -> int:
-    """Start nspawn in its own session; returns its PID (the thing to SIGTERM later)."""
+    """Start nspawn in its own session; returns its PID (the thing to SIGTERM later). The
+    host keeps its own name (/etc/hostname) whatever nspawn calls it."""
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             ["systemd-nspawn", "-D", str(root), "--boot", "--register=no", "--keep-unit",
-             f"--machine={name}", "--console=passive"],
+             f"--machine={machine_name(root, name)}", f"--hostname={name}",
+             "--console=passive"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
     return process.pid

@@ -4,12 +4,19 @@ of the clock-change scenarios, and which messages went to one host."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 
+from collector.cli import main
+from collector.layout import chunk_path, hour_of
+from collector.settings import load_settings
+from tests.conftest import SettingsWriter
 from tests.faults import hostfaults, measure
 
 CHANGE_AT = int(datetime(2026, 11, 27, 23, 43, tzinfo=UTC).timestamp())
@@ -63,3 +70,43 @@ def test_token_indices_only_count_that_tokens_connections() -> None:
                            {"token": "b", "whole_runs": [[3, 5]]},
                            {"token": "a", "whole_runs": [[6, 6]]}]}
     assert hostfaults.token_indices(log, "a") == {0, 1, 2, 6}
+
+
+def test_in_a_zone_hours_ahead_the_fleets_unmerged_hours_look_overdue_until_merged(
+    write_settings: SettingsWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Why the clock scenarios failed by chance: the lab zone is hours away from the fleet's
+    own, so the own zone's current hour, and the previous one until its hourly run, are past
+    hours there. `collector status` on the main then rightly counts 2 due hours and says
+    degraded, and the fleet never looks healthy in the zone. The scenario's setup now merges
+    those hours first (`ClockChange._merge_own_hours`); merged, none is due in either zone."""
+    own = ZoneInfo("CET")
+    path = write_settings(role="main", data_vault_dst=str(tmp_path / "vault"),
+                          incoming_dst=str(tmp_path / "incoming"), timezone="CET",
+                          osf_enabled="False")
+    settings = load_settings(path)
+    now = datetime.now(UTC)
+    hours = []
+    for moment in (now - timedelta(hours=1), now):
+        chunk = chunk_path(settings.data_storage_dst, "srv1", moment, own)
+        chunk.parent.mkdir(parents=True, exist_ok=True)
+        chunk.write_text(f'{{"data": {{"id": "{len(hours)}"}}}}\n')
+        hours.append(str(hour_of(moment, own)))
+
+    def waiting(zone: str) -> tuple[int, list[str]]:
+        text = path.read_text()
+        path.write_text(re.sub(r"(?m)^timezone=.*$", f"timezone={zone}", text))
+        main(["--settings", str(path), "status", "--json"])
+        report = orjson.loads(capsys.readouterr().out)
+        return report["processing"]["hours_waiting"], report["problems"]
+
+    assert waiting("CET")[0] <= 1  # the previous hour is due from :10 until the :15 run
+    count, problems = waiting("Etc/GMT-11")  # 10 hours ahead of CET
+    assert count == 2
+    assert f"2 due hours are not processed (oldest {hours[0]})" in problems
+    waiting("CET")
+    for hour in hours:
+        assert main(["--settings", str(path), "process", "--hour", hour, "--force"]) == 0
+    capsys.readouterr()
+    assert waiting("Etc/GMT-11")[0] == 0
+    assert waiting("CET")[0] == 0

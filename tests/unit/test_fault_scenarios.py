@@ -1,25 +1,51 @@
-"""The fault suite's cron timing: scenarios that run cron's jobs by hand start clear of them."""
+"""The fault suite's pure parts: the wait for a chunk closed after a moment (read from the
+host's `find -printf '%T@ %p'` listing), and which lab each scenario runs in."""
 
 from __future__ import annotations
 
-from tests.faults.scenarios import hourly_minutes, seconds_until_next
+from tests.faults.run import by_lab
+from tests.faults.scenarios import Scenario, all_scenarios, chunk_closed_after
+
+LISTING = [
+    "1795000000.5 /srv/collector/data/2026-11-18/10/collector2_2026-11-18_10-05.jsonl",
+    "1795000059.9 /srv/collector/data/2026-11-18/10/collector2_2026-11-18_10-06.jsonl.part",
+    "1795000070.0 /srv/collector/data/.collector/stream_status.json",
+]
 
 
-def test_hourly_minutes_reads_the_hourly_entries_of_the_roles_cron_file() -> None:
-    crontab = """#Ansible: collector process and upload
-15 * * * * collector systemd-cat -t collector-process /opt/collector/bin/collector process
-#Ansible: collector daily report
-0 2 * * * collector systemd-cat -t collector-report /opt/collector/bin/collector report
-#Ansible: collector send
-2 * * * * collector systemd-cat -t collector-send /opt/collector/bin/collector send
-"""
-    assert hourly_minutes(crontab) == {2, 15}
-    assert hourly_minutes("") == set()
+def test_a_closed_chunk_written_after_the_moment_counts() -> None:
+    assert chunk_closed_after(LISTING, 1_795_000_000.0)
 
 
-def test_seconds_until_next_counts_to_the_next_start_past_the_hour() -> None:
-    ten_past = 1_795_000_000 - 1_795_000_000 % 3600 + 600
-    assert seconds_until_next({15}, ten_past) == 300
-    assert seconds_until_next({2, 15}, ten_past) == 300
-    assert seconds_until_next({2}, ten_past) == 3600 - 480
-    assert seconds_until_next(set(), ten_past) == 3600
+def test_open_chunks_state_files_and_older_chunks_do_not() -> None:
+    assert not chunk_closed_after(LISTING, 1_795_000_000.5)
+    assert not chunk_closed_after(LISTING[1:], 0.0)
+    assert not chunk_closed_after([], 0.0)
+    assert not chunk_closed_after(["garbage", "x y.jsonl"], 0.0)
+
+
+def _scenario(name: str, lab: str = "") -> Scenario:
+    return Scenario(name, name, lambda lab: None, lab=lab)
+
+
+def test_scenarios_are_grouped_by_lab_in_their_order() -> None:
+    chosen = [_scenario("kill"), _scenario("cut-secondary", "b"), _scenario("rst"),
+              _scenario("cut-main", "c")]
+    labs = by_lab(chosen, one_lab=False)
+    assert {suffix: [s.name for s in group] for suffix, group in labs.items()} == {
+        "": ["kill", "rst"], "b": ["cut-secondary"], "c": ["cut-main"]}
+    assert [s.name for s in by_lab(chosen, one_lab=True)[""]] == [s.name for s in chosen]
+    assert list(by_lab(chosen, one_lab=True)) == [""]
+
+
+def test_a_scenario_of_a_lab_of_its_own_chosen_alone_runs_in_the_first_lab() -> None:
+    labs = by_lab([_scenario("cut-main", "c")], one_lab=False)
+    assert {suffix: [s.name for s in group] for suffix, group in labs.items()} == {
+        "": ["cut-main"]}
+
+
+def test_the_campaign_keeps_the_long_power_cuts_in_labs_of_their_own() -> None:
+    labs = {scenario.name: scenario.lab for scenario in all_scenarios()}
+    assert labs["power-off-secondary"] and labs["power-off-main"]
+    assert labs["power-off-secondary"] != labs["power-off-main"]
+    assert sum(1 for lab in labs.values() if not lab) == len(labs) - 2
