@@ -20,8 +20,9 @@
    the window's hours are named in it (`Scenario.zone`). They only exist while the fleet
    uses the zone, so the cleanup stops the streams (closing their chunks), sends, processes
    those hours on the main, then restores each host's own zone. The chosen hour avoids every
-   label the fleet's own zone used in the last hours, so the two zones' chunks never share
-   an hour.
+   label in use on the main and every label of the fleet's own zone up to an hour ahead, so
+   the two zones' chunks never share an hour, and none of the lab zone's hours is due in the
+   own zone while the suite runs (the hourly `process` would merge it again, wrongly).
 """
 
 from __future__ import annotations
@@ -342,10 +343,12 @@ class ClockPlan:
         return near | {self.label_before, self.label_after}
 
 
-def plan_clock_change(kind: str, change_at: int, avoid: set[str]) -> ClockPlan:
+def plan_clock_change(kind: str, change_at: int, avoid: set[str],
+                      later_than: str = "") -> ClockPlan:
     """Offsets that put a change of `kind` at `change_at` on a whole local hour, for the
-    first candidate hour whose labels are not in `avoid` (an offset and the same offset less
-    a day give two days to choose from; both stay within Python's +-24 h)."""
+    first candidate hour whose labels are not in `avoid` and all sort after `later_than` (an
+    offset and the same offset less a day give two days to choose from; both stay within
+    Python's +-24 h). Labels are `YYYY-mm-ddTHH[b]`, so text order is time order."""
     seconds_of_day = change_at % 86400
     for hour in CANDIDATE_HOURS[kind]:
         # Local wall time just before the change: the end of the repeated hour going back,
@@ -358,9 +361,9 @@ def plan_clock_change(kind: str, change_at: int, avoid: set[str]) -> ClockPlan:
                 continue
             day = f"{datetime.fromtimestamp(change_at + before, UTC):%Y-%m-%d}"
             plan = ClockPlan(kind, change_at, before, after, day, hour)
-            if not plan.labels & avoid:
+            if not plan.labels & avoid and min(plan.labels) > later_than:
                 return plan
-    raise RuntimeError(f"no candidate hour avoids {sorted(avoid)}")
+    raise RuntimeError(f"no candidate hour avoids {sorted(avoid)} and comes after {later_than}")
 
 
 def _offset(seconds: int) -> str:
@@ -494,9 +497,13 @@ class ClockChange:
         start = datetime.fromtimestamp(now, UTC)
         avoid = set(measure.hours_between((start - AVOID_BEFORE).timestamp(),
                                           (start + AVOID_AFTER).timestamp(), own))
+        # Every label of the lab zone lies in the fleet's own future: once the own zone is
+        # back, none of its hours is due there (merged again with the own zone's lookback,
+        # an id of `01` and `01b` would be published twice).
+        later_than = str(hour_of(start + AVOID_AFTER, own))
         try:
             avoid |= _labels_in_use(lab)
-            plan = plan_clock_change(self.kind, change_at, avoid)
+            plan = plan_clock_change(self.kind, change_at, avoid, later_than)
             compiled = compile_zone(self.name, zone_source(self.name, plan))
         except (RuntimeError, subprocess.CalledProcessError) as error:
             detail = getattr(error, "stderr", "") or str(error)

@@ -50,6 +50,19 @@ def test_a_plan_avoids_labels_in_use_by_the_other_day_then_another_hour() -> Non
     assert other_hour.hour == 13 and not other_hour.labels & (first.labels | other_day.labels)
 
 
+def test_a_plan_puts_every_label_after_the_fleets_own_future() -> None:
+    first = hostfaults.plan_clock_change("back", CHANGE_AT, set())
+    later = hostfaults.plan_clock_change("back", CHANGE_AT, set(), max(first.labels))
+    assert min(later.labels) > max(first.labels)
+    for kind in ("back", "forward"):
+        for minutes in range(0, 24 * 60, 7):
+            change_at = CHANGE_AT + minutes * 60
+            own_future = str(measure.hours_between(change_at + 3600, change_at + 3600,
+                                                   ZoneInfo("CET"))[0])
+            plan = hostfaults.plan_clock_change(kind, change_at, set(), own_future)
+            assert min(plan.labels) > own_future
+
+
 @pytest.mark.skipif(shutil.which("zic") is None, reason="zic (libc-bin) not installed")
 @pytest.mark.parametrize(("kind", "suffixes"), [("back", ["01", "01b"]),
                                                 ("forward", ["01", "03"])])
