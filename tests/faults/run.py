@@ -300,33 +300,34 @@ def main(argv: list[str] | None = None) -> int:
     labs = by_lab(chosen, args.one_lab)
     others = {suffix: group for suffix, group in labs.items() if suffix}
     children = []
-    folder = Path(tempfile.mkdtemp(prefix="faults-"))
-    if others:
-        # Built once, before any lab boots: two builds at once collide.
-        fleet.nspawn.build_image()
-        fleet.build_wheelhouse()
-        os.environ["COLLECTOR_LAB_PREBUILT"] = "1"
-        for suffix, group in others.items():
-            results = folder / f"lab-{suffix}.json"
-            children.append((results, *start_other_lab(suffix, [s.name for s in group], args,
-                                                       results)))
-    try:
-        mine = run_lab(fleet, labs[""], run_at, args.reuse, args.keep)
-    finally:
-        for _, child, relaying in children:
-            child.wait()
-            relaying.join(timeout=10)
+    with tempfile.TemporaryDirectory(prefix="faults-") as folder:
+        if others:
+            # Built once, before any lab boots: two builds at once collide.
+            fleet.nspawn.build_image()
+            fleet.build_wheelhouse()
+            os.environ["COLLECTOR_LAB_PREBUILT"] = "1"
+            for suffix, group in others.items():
+                results = Path(folder) / f"lab-{suffix}.json"
+                children.append((results, *start_other_lab(suffix, [s.name for s in group],
+                                                           args, results)))
+        try:
+            mine = run_lab(fleet, labs[""], run_at, args.reuse, args.keep)
+        finally:
+            for _, child, relaying in children:
+                child.wait()
+                relaying.join(timeout=10)
+        theirs = [other_lab_rows(results) for results, _, _ in children]
     if args.results:  # this is another lab: its rows go back to the first lab's runner
         if mine is not None:
             args.results.write_text(json.dumps({"rows": [asdict(row) for row in mine.rows],
                                                 "failed": mine.failed, "hosts": mine.hosts}))
         return 1 if mine is None or any(mine.failed) else 0
-    runs = [mine, *(other_lab_rows(results) for results, _, _ in children)]
-    if any(run is None for run in runs) or mine is None:
+    if mine is None or None in theirs:
         print("a lab did not come up or its runner failed: no rows written", file=sys.stderr)
         return 1
+    runs = [mine, *(run for run in theirs if run is not None)]
     order = {name: index for index, name in enumerate(scenarios)}
-    pairs = sorted(((row, flag) for run in runs if run
+    pairs = sorted(((row, flag) for run in runs
                     for row, flag in zip(run.rows, run.failed, strict=True)),
                    key=lambda pair: order[pair[0].scenario])
     rows = [row for row, _ in pairs]
