@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("collector.commands.stream", "capture the sampled stream into minute chunks"),
     "status": ("collector.commands.status", "tell the health of this host"),
     "send": ("collector.commands.send", "push closed chunks to the main (secondary)"),
+    "receive": ("collector.commands.receive",
+                "receive one secondary's push: the forced command of its key (main)"),
     "process": ("collector.commands.process", "merge every due hour of all servers into the vault"),
     "upload": ("collector.commands.upload", "upload new IDs files and day reports to OSF"),
     "report": ("collector.commands.report", "the day's report table and coverage plot"),

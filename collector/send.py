@@ -6,24 +6,33 @@ Guarantees, and how they are kept:
   folder and renames it when complete. That temporary name starts with a dot and does not end
   in `.jsonl`, so it never matches `layout.CHUNK_NAME` and the main's processing skips it; a
   killed transfer leaves at most such a dot file, never a short file under a chunk name.
-* A local chunk is deleted only once the main holds it whole: `--remove-source-files` makes
-  the sending rsync delete a file only after the receiver has confirmed it (whole-file
-  checksum) and only if its size and mtime did not change meanwhile.
+* A local chunk is deleted only once the main holds it whole on stable storage. Every rsync
+  session ends in the main's forced command (`collector receive`, see `collector.receive`),
+  which syncs the incoming filesystem after rsync and exits non-zero if that fails; the rsync
+  client then fails the session (verified with rsync 3.2.7 and 3.5.0). So no pass deletes
+  anything itself (the receiver's `-no-del` would refuse `--remove-source-files` anyway):
+  pass 1 pushes the new chunks, pass 2 compares every chunk with the main's copy by checksum,
+  and only when both sessions have succeeded are the chunks the main holds byte-identical
+  deleted here, by this process, and only if their size and mtime did not change meanwhile.
+  Any failure before that point deletes nothing.
 * Nothing on the main is ever overwritten. New chunks go with `--ignore-existing`; a chunk
-  whose name already exists there is compared by checksum: identical (a previous run was cut
-  off before it could delete locally) -> deleted here; different -> kept here, reported as a
-  conflict and alerted, for a human to decide (two hosts with the same server_id, a restored
-  backup...). Both versions survive.
+  whose name already exists there is only compared (dry run): identical (a previous run was
+  cut off before it could confirm) -> deleted here and counted as `already_on_main`;
+  different -> kept here, reported as a conflict and alerted, for a human to decide (two hosts
+  with the same server_id, a restored backup...). Both versions survive. A chunk pass 1 sent
+  but pass 2 does not find on the main (removed there meanwhile) is kept and sent again.
 * Open chunks (`.part`), stray files and the hidden `.collector/` state folder are never
   listed, because only the names `iter_closed_chunks` yields are handed to rsync.
-* An unreachable main, a refused key, a changed host key, an rsync error or a timeout end the
-  run with one `RemoteError` line; every chunk not yet confirmed stays here for the next run.
+* An unreachable main, a refused key, a changed host key, an rsync error, a receiver that
+  could not sync, or a timeout end the run with one `RemoteError` line; every chunk stays
+  here for the next run (whatever reached the main is confirmed and deleted by a later run).
   `send_state.json` counts consecutive failures (read by `collector status`) and the team is
   alerted on the third, then once a day while it lasts.
 
-On the main, each secondary's key may only run `rrsync -wo <incoming_dst>/<server_id>`
-(`authorized_keys_line` renders that line; the Ansible role must produce the same text), so
-remote paths here are relative to that folder and the day/hour tree is recreated under it.
+On the main, each secondary's key may only run `collector receive <incoming_dst>/<server_id>`,
+which runs `rrsync -wo -munge -no-del` on that folder (`authorized_keys_line` renders the
+line; the Ansible role must produce the same text), so remote paths here are relative to that
+folder and the day/hour tree is recreated under it.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +62,8 @@ log = logging.getLogger("collector.send")
 
 STATE_FILE = "send_state.json"
 LOCK_FILE = "send.lock"
-RRSYNC = "/usr/bin/rrsync"
+# Where the role installs the `collector` entry point on every host (`_collector_bin`).
+DEFAULT_COLLECTOR_BIN = Path("/opt/collector/venv/bin/collector")
 
 # Whole run (all rsync passes) must end within this; cron starts the next run an hour later.
 DEFAULT_RUN_TIMEOUT = 1800.0
@@ -74,24 +84,30 @@ _UNSAFE_IN_PATH = re.compile(r"[\s\"'\\]")
 
 
 def authorized_keys_line(incoming_dst: Path, server_id: str, public_key: str,
-                         from_hosts: Sequence[str] = ()) -> str:
+                         from_hosts: Sequence[str] = (),
+                         collector_bin: Path = DEFAULT_COLLECTOR_BIN) -> str:
     """The main's authorized_keys line that confines a secondary's key to its incoming folder.
 
-    `restrict` drops forwarding, PTY and ~/.ssh/rc; `rrsync -wo` allows rsync writes only,
-    below `incoming_dst/server_id`, with `..` refused. `from_hosts` optionally pins the
-    addresses the key may come from.
+    `restrict,command="<collector_bin> receive <incoming_dst>/<server_id>" <type> <key>
+    <server_id>`: `restrict` drops forwarding, PTY and ~/.ssh/rc; the forced command runs
+    `rrsync -wo -munge -no-del` below that folder and syncs it to disk (`collector.receive`).
+    The key's own comment is replaced by the server_id, so the file says whose key it is.
+    `from_hosts` optionally pins the addresses the key may come from.
     """
     target = f"{incoming_dst}/{server_id}"
     if _UNSAFE_IN_PATH.search(target) or "/" in server_id or server_id in ("", ".", ".."):
         raise ValueError(f"unsafe incoming folder for an authorized_keys line: {target!r}")
+    if not collector_bin.is_absolute() or _UNSAFE_IN_PATH.search(str(collector_bin)):
+        raise ValueError(f"collector_bin must be an absolute path without spaces or quotes: "
+                         f"{str(collector_bin)!r}")
     key_fields = public_key.split()
     if len(key_fields) < 2 or not key_fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
         raise ValueError("public_key must look like 'ssh-ed25519 AAAA... [comment]'")
     options = "restrict"
     if from_hosts:
         options += f',from="{",".join(from_hosts)}"'
-    options += f',command="{RRSYNC} -wo {target}"'
-    return f"{options} {' '.join(key_fields)}"
+    options += f',command="{collector_bin} receive {target}"'
+    return f"{options} {key_fields[0]} {key_fields[1]} {server_id}"
 
 
 # ---- the secondary's side: how rsync and ssh are called --------------------------------------
@@ -150,28 +166,45 @@ def rsync_command(target: PushTarget, source_root: Path, options: Sequence[str],
     """One rsync over ssh reading NUL-separated relative paths from stdin.
 
     `--files-from` implies `--relative`, so `day/HH/name` lands as `day/HH/name` under the
-    remote folder. Only options that rrsync -wo accepts are used here (tested for real).
+    remote folder. Only options that `rrsync -wo -munge -no-del` accepts are used here (no
+    `--remove-source-files`, no `--delete*`; tested for real with rsync 3.2.7 and 3.5.0).
     """
     return ["rsync", "--files-from=-", "--from0", "--times", f"--timeout={io_timeout}",
             *options, "-e", shlex.join(target.ssh_command()),
             f"{source_root}/", target.destination]
 
 
-# Pass 1: new chunks only; never touches a file that already exists on the main.
-PUSH_NEW = ("--ignore-existing", "--remove-source-files")
-# Pass 2: which of the already-present names differ from the main's copy (nothing written).
-FIND_DIFFERENT = ("--checksum", "--dry-run", "--out-format=%n")
+# Pass 1: new chunks only; never touches a name the main already has, deletes nothing. The
+# names it lists are the chunks it transferred.
+PUSH_NEW = ("--ignore-existing", "--out-format=%n")
+# Pass 2: every name against the main's copy by checksum, writing nothing. Itemizing twice
+# lists unchanged files too (`.f...`), so "identical" is a positive answer, never an absence;
+# `--existing` leaves out names the main does not hold instead of reporting them as different.
+VERIFY = ("--checksum", "--dry-run", "--existing", "--itemize-changes", "--itemize-changes",
+          "--out-format=%i %n")
+# One line of VERIFY's output: the 11-character item string (`YXcstpoguax`), a space, the name.
+_ITEM_LINE = re.compile(r"^(?P<update>[<>ch.*])(?P<kind>[fdLDS]).{9} (?P<name>.+)$")
 
 
-def remove_identical_options(stamp: str) -> tuple[str, ...]:
-    """Pass 3, for names the main holds with the same checksum: delete the local copy.
+def parse_verify_output(stdout: str, names: Iterable[str]) -> tuple[set[str], set[str]]:
+    """(identical, different) among `names` from VERIFY's itemized output.
 
-    `--existing` never creates a file, and `--backup` would keep the main's copy under
-    `<name>.replaced-<stamp>` should a file change between pass 2 and 3 (it should not:
-    closed chunks are immutable), so even that race cannot lose data.
+    `.f` = regular file not to be updated: same checksum on the main. Any other item for a
+    listed name (`<f...` = would be sent) means the main's entry differs. Names not listed are
+    not on the main.
     """
-    return ("--checksum", "--existing", "--remove-source-files", "--backup",
-            f"--suffix=.replaced-{stamp}")
+    wanted = set(names)
+    identical: set[str] = set()
+    different: set[str] = set()
+    for line in stdout.splitlines():
+        match = _ITEM_LINE.match(line)
+        if match is None or match["name"] not in wanted:
+            continue
+        if match["update"] == "." and match["kind"] == "f":
+            identical.add(match["name"])
+        else:
+            different.add(match["name"])
+    return identical - different, different
 
 
 # ---- failures -----------------------------------------------------------------------------
@@ -199,6 +232,8 @@ _FAILURE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
                                         "running on the main (two hosts with one server_id?)"),
     ))
 _RRSYNC_ERROR = re.compile(r"rrsync error: (.*)")
+# The main's forced command (collector.receive) explains its own failures in one line.
+_RECEIVER_ERROR = re.compile(r"collector receive: error: (.*)")
 _RSYNC_TIMEOUT_CODE = 30
 
 
@@ -207,6 +242,9 @@ def describe_failure(returncode: int, stderr: str, io_timeout: int) -> str:
     for pattern, text in _FAILURE_PATTERNS:
         if pattern.search(stderr):
             return text
+    receiver = _RECEIVER_ERROR.search(stderr)
+    if receiver:
+        return f"the main's receiver failed: {receiver.group(1).strip()[:200]}"
     rrsync = _RRSYNC_ERROR.search(stderr)
     if rrsync:
         return f"the main's rrsync refused the push: {rrsync.group(1).strip()[:160]}"
@@ -271,10 +309,17 @@ def save_send_state(path: Path, state: SendState) -> None:
 class SendResult:
     """What one run did; paths are relative to data_storage_dst (`day/HH/name`)."""
 
+    # Transferred by this run, confirmed identical and durable on the main, deleted here.
     sent: list[str] = field(default_factory=list)
     bytes_sent: int = 0
+    # Were on the main before this run (an earlier run could not confirm them); deleted here.
     already_on_main: list[str] = field(default_factory=list)
+    # On the main with other content: kept on both sides.
     conflicts: list[str] = field(default_factory=list)
+    # Not found on the main when compared, or changed here meanwhile: kept for the next run.
+    unconfirmed: list[str] = field(default_factory=list)
+    # Transferred by pass 1 of this run (deleted here only once confirmed).
+    pushed: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     pruned_dirs: int = 0
     rsync_runs: int = 0
@@ -284,6 +329,8 @@ class SendResult:
                 f"{len(self.already_on_main)} already on the main")
         if self.conflicts:
             text += f", {len(self.conflicts)} in conflict (kept here)"
+        if self.unconfirmed:
+            text += f", {len(self.unconfirmed)} not confirmed by the main (kept here)"
         return text
 
 
@@ -388,8 +435,8 @@ def send(settings: Settings, notifier: Notifier | None = None, *,
     state_path = settings.state_dir / STATE_FILE
     result = SendResult()
     with send_lock(settings.state_dir):
-        sizes = _own_chunks(settings, result)
-        if not sizes:
+        chunks = _own_chunks(settings, result)
+        if not chunks:
             log.info("no closed chunks to send")
             result.pruned_dirs = prune_empty_dirs(root, settings, time.time())
             return result
@@ -398,10 +445,10 @@ def send(settings: Settings, notifier: Notifier | None = None, *,
         runner = _Runner(target, root, io_timeout, time.monotonic() + run_timeout, run_timeout,
                          bwlimit_kbps)
         try:
-            _push(runner, root, sizes, result)
+            _push(runner, root, chunks, result)
         except _RsyncFailed as failure:
             result.rsync_runs = runner.runs
-            _record_failure(settings, notifier, state, state_path, target, sizes, result,
+            _record_failure(settings, notifier, state, state_path, target, chunks, result,
                             failure.reason)  # raises RemoteError
         result.rsync_runs = runner.runs
         if state.consecutive_failures:
@@ -422,58 +469,87 @@ def send(settings: Settings, notifier: Notifier | None = None, *,
     return result
 
 
-def _own_chunks(settings: Settings, result: SendResult) -> dict[str, int]:
-    """Closed chunks of this server, `day/HH/name` -> size; others are left alone."""
-    sizes: dict[str, int] = {}
+@dataclass(frozen=True)
+class _LocalChunk:
+    """What a chunk looked like before the push; deleted only if it still looks the same."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+def _own_chunks(settings: Settings, result: SendResult) -> dict[str, _LocalChunk]:
+    """Closed chunks of this server, `day/HH/name` -> how they were; others are left alone."""
+    chunks: dict[str, _LocalChunk] = {}
     for chunk in iter_closed_chunks(settings.data_storage_dst):
         relative = chunk.path.relative_to(settings.data_storage_dst).as_posix()
         if chunk.server_id != settings.server_id:
             result.foreign.append(relative)
             continue
         with contextlib.suppress(FileNotFoundError):
-            sizes[relative] = chunk.path.stat().st_size
+            status = chunk.path.lstat()
+            chunks[relative] = _LocalChunk(status.st_size, status.st_mtime_ns, status.st_ino)
     if result.foreign:
         log.warning("not sending %d chunks named for another server (e.g. %s); "
                     "the main would file them under %s", len(result.foreign), result.foreign[0],
                     settings.server_id)
-    return sizes
+    return chunks
 
 
-def _push(runner: _Runner, root: Path, sizes: dict[str, int], result: SendResult) -> None:
-    """The three passes; fills `result` as chunks are confirmed and deleted here."""
-    names = sorted(sizes)
+def _push(runner: _Runner, root: Path, chunks: dict[str, _LocalChunk],
+          result: SendResult) -> None:
+    """Push, verify, then delete what the main confirmed; fills `result`.
+
+    Each session succeeds only after the main synced its filesystem, so by the time pass 2
+    has succeeded every chunk it reports identical is on the main's disk.
+    """
+    names = sorted(chunks)
+    listed = set(names)
+    pushed = runner.run(names, PUSH_NEW)
+    result.pushed = sorted({line.strip() for line in pushed.splitlines()} & listed)
+    identical, different = parse_verify_output(runner.run(names, VERIFY), names)
+    result.conflicts = sorted(different)
+    newly_sent = set(result.pushed)
+    for name in names:
+        if name in different:
+            continue
+        if name not in identical or not _delete_if_unchanged(root / name, chunks[name]):
+            result.unconfirmed.append(name)
+        elif name in newly_sent:
+            result.sent.append(name)
+        else:
+            result.already_on_main.append(name)
+    result.bytes_sent = sum(chunks[name].size for name in result.sent)
+    if result.unconfirmed:
+        log.warning("%d chunks were not confirmed by the main and are kept for the next run "
+                    "(e.g. %s)", len(result.unconfirmed), result.unconfirmed[0])
+
+
+def _delete_if_unchanged(path: Path, before: _LocalChunk) -> bool:
+    """Delete `path` if it is still the file that was compared; False if it was kept."""
     try:
-        runner.run(names, PUSH_NEW)
-    finally:
-        # Even a failed pass may have delivered (and deleted) some chunks: count them.
-        result.sent = [name for name in names if not (root / name).exists()]
-        result.bytes_sent = sum(sizes[name] for name in result.sent)
-    left = [name for name in names if (root / name).exists()]
-    if not left:
-        return
-    # Names the main already has: a previous run cut off before deleting, or a real conflict.
-    listed = set(left)
-    different = {line.strip() for line in runner.run(left, FIND_DIFFERENT).splitlines()
-                 if line.strip() in listed}
-    identical = [name for name in left if name not in different]
-    if identical:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        runner.run(identical, remove_identical_options(stamp))
-    result.already_on_main = [name for name in identical if not (root / name).exists()]
-    result.conflicts = sorted(name for name in left if (root / name).exists()
-                              and name not in result.already_on_main)
+        status = path.lstat()
+    except FileNotFoundError:
+        return False
+    if (status.st_size, status.st_mtime_ns, status.st_ino) != (
+            before.size, before.mtime_ns, before.inode):
+        log.warning("%s changed while it was being sent; kept for the next run", path)
+        return False
+    path.unlink()
+    return True
 
 
 def _record_failure(settings: Settings, notifier: Notifier, state: SendState, state_path: Path,
-                    target: PushTarget, sizes: dict[str, int], result: SendResult,
+                    target: PushTarget, chunks: dict[str, _LocalChunk], result: SendResult,
                     reason: str) -> None:
     state.consecutive_failures += 1
     if not state.first_failure_at:
         state.first_failure_at = state.last_attempt_at
-    kept = len(sizes) - len(result.sent)
-    message = f"cannot push to the main {target.label}: {reason}; {kept} chunks kept here"
-    if result.sent:
-        message += f" ({len(result.sent)} arrived before the failure)"
+    # Nothing is deleted before both passes succeeded: every chunk is still here.
+    message = f"cannot push to the main {target.label}: {reason}; {len(chunks)} chunks kept here"
+    if result.pushed:
+        message += (f" ({len(result.pushed)} reached the main and are deleted here once a "
+                    "later run confirms them)")
     state.last_error = message
     save_send_state(state_path, state)
     failures = state.consecutive_failures
@@ -481,7 +557,7 @@ def _record_failure(settings: Settings, notifier: Notifier, state: SendState, st
         notifier.alert(SEND_FAILING,
                        f"push from {settings.server_id} to the main failing "
                        f"{failures} runs in a row: {reason}",
-                       f"Failing since {state.first_failure_at}. {kept} chunks wait on "
+                       f"Failing since {state.first_failure_at}. {len(chunks)} chunks wait on "
                        f"{settings.server_id} and are sent when the main is reachable again.")
     raise RemoteError(message)
 

@@ -9,19 +9,23 @@ disk. A slow disk therefore never slows the socket reader into a server-side dis
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from collector import notify
 from collector.backoff import ConnectionPolicy, time_scale
 from collector.capture import Capture, StreamClient, failure_alert, serialize
 from collector.chunks import ChunkWriter, DiskFull, recover_part_files
-from collector.errors import CollectorError
+from collector.errors import CollectorError, LockedError
 from collector.health import STATUS_FILE, HealthFile, StreamHealth, read_health
 from collector.settings import Settings, read_bearer_token
 
@@ -35,6 +39,7 @@ IDLE_WAIT = 0.05  # seconds the writer sleeps when nothing is queued
 RECEIVE_BATCH = 10000  # lines moved per loop turn, so timers still run under full load
 DISK_RETRY_INTERVAL = 2.0
 STOP_DRAIN_SECONDS = 30.0  # how long a stop waits for a full disk before giving up
+LOCK_FILE = "stream.lock"  # in state_dir; held for the whole run
 
 
 @dataclass
@@ -75,6 +80,32 @@ def _prepare_storage(settings: Settings) -> None:
         raise CollectorError(f"data_storage_dst {settings.data_storage_dst} is not writable")
 
 
+@contextlib.contextmanager
+def stream_lock(state_dir: Path) -> Iterator[None]:
+    """One stream per host: a second one fails at once with LockedError, having touched nothing.
+
+    Taken before crash recovery, which renames every `.part` it finds: run by a second stream
+    it would close the live one's open chunk under its feet (and `send` could ship it while
+    the first keeps appending). flock is released by the kernel when the holder dies, so a
+    crashed stream never blocks its restart.
+    """
+    path = state_dir / LOCK_FILE
+    try:
+        # Read-only is enough for flock, and works on a lock file another user created.
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise CollectorError(f"cannot open the stream lock {path}: {error.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"another collector stream is running on this host "
+                              f"(lock {path}); not starting a second one") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def run_stream(settings: Settings, notifier: notify.Notifier,
                stop: threading.Event | None = None) -> StreamSummary:
     """Capture the sampled stream into minute chunks until `stop` is set."""
@@ -82,6 +113,13 @@ def run_stream(settings: Settings, notifier: notify.Notifier,
     token = read_bearer_token(settings)
     scale = time_scale()
     _prepare_storage(settings)
+    with stream_lock(settings.state_dir):
+        return _run_locked(settings, notifier, stop, token, scale)
+
+
+def _run_locked(settings: Settings, notifier: notify.Notifier, stop: threading.Event,
+                token: str, scale: float) -> StreamSummary:
+    """The capture itself, under the stream lock (recovery first, then the two threads)."""
     health_path = settings.state_dir / STATUS_FILE
     previous = read_health(health_path)
     try:

@@ -1,14 +1,17 @@
 """`collector send` against a real sshd + rrsync on loopback, with the real ssh and rsync.
 
 The main side is configured as production will be (restricted key line from
-`collector.send.authorized_keys_line`, dedicated account, pinned host key), so these tests
-also prove that rrsync -wo accepts every rsync option `send` uses. The CLI runs in-process
+`collector.send.authorized_keys_line`, forced command `collector receive`, dedicated account,
+pinned host key), so these tests also prove that `rrsync -wo -munge -no-del` accepts every
+rsync option `send` uses. The tests of the deletion rules run twice: with this machine's rsync
+and with Debian 12's 3.2.7 on both ends (what the lab hosts run). The CLI runs in-process
 (`collector.cli.main`) where its exact stderr line matters, and once as a real subprocess.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import shutil
 import subprocess
@@ -37,11 +40,12 @@ from collector.settings import Settings, load_settings
 from tests.conftest import SettingsWriter
 from tests.doubles.samples import MessageFactory
 from tests.integration.sshd_fixture import (
+    FLAVORS,
     MainSshd,
     Secondary,
+    debian12_missing,
     generate_key,
-    missing_requirements,
-    push_account,
+    session_push_user,
 )
 
 pytestmark = pytest.mark.integration
@@ -66,20 +70,27 @@ class RecordingNotifier:
 
 @pytest.fixture(scope="session")
 def push_user() -> Iterator[str]:
-    reason = missing_requirements()
-    if reason:
-        pytest.skip(reason)
-    with push_account() as user:
-        yield user
+    yield from session_push_user()
 
 
 @pytest.fixture
-def main_sshd(push_user: str) -> Iterator[MainSshd]:
-    server = MainSshd(push_user)
+def main_sshd(push_user: str, request: pytest.FixtureRequest,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[MainSshd]:
+    """The main; parametrize it (indirect) with "debian12" for the lab hosts' rsync 3.2.7."""
+    flavor = getattr(request, "param", "system")
+    if flavor == "debian12" and (reason := debian12_missing()):
+        pytest.skip(reason)
+    server = MainSshd(push_user, flavor)
+    if server.client_path is not None:  # `collector send` runs the flavor's rsync
+        monkeypatch.setenv("PATH", f"{server.client_path}:{os.environ['PATH']}")
     try:
         yield server
     finally:
         server.cleanup()
+
+
+# The tests that prove the deletion rules run against both rsync versions.
+both_rsyncs = pytest.mark.parametrize("main_sshd", FLAVORS, indirect=True)
 
 
 class Site:
@@ -168,6 +179,7 @@ def error_lines(stderr: str) -> list[str]:
 # ---- the happy path ---------------------------------------------------------------------------
 
 
+@both_rsyncs
 def test_push_keeps_tree_sends_only_closed_chunks_and_deletes_local_copies(site: Site) -> None:
     closed = [site.chunk(minute) for minute in (0, 1, 59, 60, 61, 24 * 60)]
     expected = {site.relative(path): path.read_bytes() for path in closed}
@@ -184,6 +196,8 @@ def test_push_keeps_tree_sends_only_closed_chunks_and_deletes_local_copies(site:
 
     assert site.remote_files() == expected  # byte-identical, same day/hour tree, nothing else
     assert sorted(result.sent) == sorted(expected)
+    assert result.already_on_main == [] and result.unconfirmed == []
+    assert result.rsync_runs == 2  # push, then compare; deletion is local
     assert result.bytes_sent == sum(len(data) for data in expected.values())
     assert result.foreign == [site.relative(foreign)]
     assert site.local_chunks() == sorted([site.relative(foreign)])
@@ -372,9 +386,79 @@ def test_run_timeout_stops_the_push_and_keeps_the_chunk(site: Site) -> None:
     assert site.remote_files() == {site.relative(big): data}
 
 
+# ---- deleted only once durable on the main ----------------------------------------------
+
+
+@both_rsyncs
+def test_receiver_failing_after_a_complete_rsync_deletes_nothing(
+        main_sshd: MainSshd, write_settings: SettingsWriter, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """rrsync wrote every chunk, then the main could not sync: the session must count as failed.
+
+    The forced command is a test-only script that runs the real rrsync and then exits 1 with
+    the receiver's failure line, as `collector receive` does when syncfs reports an error.
+    """
+    secondary = main_sshd.add_secondary(SERVER, tmp_path / "ssh",
+                                        main_sshd.receiver_failing_after_rrsync())
+    main_sshd.start()
+    site = Site(main_sshd, secondary, write_settings, tmp_path)
+    chunks = [site.chunk(minute) for minute in (0, 1, 60)]
+    expected = {site.relative(path): path.read_bytes() for path in chunks}
+
+    code, err = run_cli(site, capsys)
+
+    assert code == 1
+    assert error_lines(err) == [
+        f"collector send: error: cannot push to the main {main_sshd.user}@127.0.0.1:"
+        f"{main_sshd.port}: the main's receiver failed: cannot make the push durable: "
+        f"syncfs({site.incoming}) failed: Input/output error; 3 chunks kept here"]
+    assert "Traceback" not in err
+    assert site.remote_files() == expected  # the transfer itself was complete...
+    assert site.local_chunks() == sorted(expected)  # ...and still nothing was deleted here
+    assert site.state()["consecutive_failures"] == 1
+
+    # Once the main syncs again, the next run confirms the copies it already holds.
+    main_sshd.set_forced_command(SERVER, None)
+    result = send(site.settings, RecordingNotifier())
+    assert result.sent == [] and sorted(result.already_on_main) == sorted(expected)
+    assert site.local_chunks() == [] and site.remote_files() == expected
+    assert site.state()["consecutive_failures"] == 0
+
+
+@both_rsyncs
+def test_verify_pass_failing_keeps_chunks_that_already_reached_the_main(
+        main_sshd: MainSshd, write_settings: SettingsWriter, tmp_path: Path) -> None:
+    """Pass 1 succeeds (synced), the comparing pass fails: nothing is deleted before it passes."""
+    fails_on_verify = main_sshd.root / "bin" / "fail-on-verify"
+    fails_on_verify.write_text(
+        "#!/bin/sh\n"
+        'case "$SSH_ORIGINAL_COMMAND" in *" --existing "*) '
+        'echo "collector receive: error: test refuses the comparing pass" >&2; exit 5;; esac\n'
+        f'exec {main_sshd.collector_bin} receive "$1"\n')
+    fails_on_verify.chmod(0o755)
+    secondary = main_sshd.add_secondary(SERVER, tmp_path / "ssh", fails_on_verify)
+    main_sshd.start()
+    site = Site(main_sshd, secondary, write_settings, tmp_path)
+    chunks = [site.chunk(minute) for minute in (0, 1)]
+    expected = {site.relative(path): path.read_bytes() for path in chunks}
+
+    with pytest.raises(RemoteError, match=r": the main's receiver failed: test refuses the "
+                                          r"comparing pass; 2 chunks kept here \(2 reached the "
+                                          r"main and are deleted here once a later run confirms "
+                                          r"them\)$"):
+        send(site.settings, RecordingNotifier())
+    assert site.remote_files() == expected
+    assert site.local_chunks() == sorted(expected)
+
+    main_sshd.set_forced_command(SERVER, None)
+    result = send(site.settings, RecordingNotifier())
+    assert sorted(result.already_on_main) == sorted(expected) and site.local_chunks() == []
+
+
 # ---- same name on both sides --------------------------------------------------------------
 
 
+@both_rsyncs
 def test_identical_copy_on_main_deletes_local_different_copy_is_kept_on_both_sides(
         site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     already = site.chunk(0)   # a previous run delivered it but was cut off before deleting
@@ -506,12 +590,21 @@ def test_missing_identity_file_is_a_credentials_error(
 # ---- pure pieces ------------------------------------------------------------------------------
 
 
-def test_authorized_keys_line_is_the_restricted_rrsync_line() -> None:
-    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample srv1@fleet"
+def test_authorized_keys_line_is_the_restricted_receive_line() -> None:
+    """The exact text roles/collector/templates/authorized_keys.j2 must render too."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample root@secondary-1"
     assert authorized_keys_line(Path("/srv/incoming"), "srv1", key) == (
-        'restrict,command="/usr/bin/rrsync -wo /srv/incoming/srv1" ' + key)
+        'restrict,command="/opt/collector/venv/bin/collector receive /srv/incoming/srv1" '
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample srv1")
+    assert authorized_keys_line(Path("/srv/incoming"), "srv1", key,
+                                collector_bin=Path("/usr/local/bin/collector")) == (
+        'restrict,command="/usr/local/bin/collector receive /srv/incoming/srv1" '
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample srv1")
     assert authorized_keys_line(Path("/srv/incoming"), "srv1", key, ("10.0.0.2",)).startswith(
         'restrict,from="10.0.0.2",command=')
+    for bad_bin in (Path("collector"), Path("/opt/my venv/collector"), Path('/opt/"x')):
+        with pytest.raises(ValueError):
+            authorized_keys_line(Path("/srv/incoming"), "srv1", key, collector_bin=bad_bin)
     for bad_id in ("..", "a/b", ""):
         with pytest.raises(ValueError):
             authorized_keys_line(Path("/srv/incoming"), bad_id, key)
