@@ -4,8 +4,11 @@ Columns: `hour`, one per server id in `servers` order (distinct tweets that serv
 `total` (distinct tweets), `diff` (tweets not captured by every server), `diff %` (diff as a
 percentage of total, two decimals), then the merge's own counts: `duplicates` (lines whose
 tweet id was already merged, within or across servers, or received in the previous hour
-already), `chunks`, and one column per skip
-reason (`not_json`, `torn_line`, `no_data`, `bad_tweet`).
+already), `chunks`, one column per skip reason (`not_json`, `torn_line`, `no_data`,
+`bad_tweet`), and `quarantined`: entries found in this hour's chunk folders (any server)
+that were no chunk files (a symlink, FIFO, socket, device, hard link, oversized or misnamed
+file) and were moved to the quarantine instead of being read. An entry that lands in an
+hour's folder after the hour was processed updates that cell of its line in place.
 
 The file is read by column name, so a report written before a server joined the fleet is
 still read, and rewritten with today's columns (missing cells empty) when an hour of that day
@@ -21,7 +24,7 @@ from pathlib import Path
 from collector.merge import SKIP_REASONS
 from collector.outputs import write_bytes_atomic
 
-EXTRA_COLUMNS = ("duplicates", "chunks", *SKIP_REASONS)
+EXTRA_COLUMNS = ("duplicates", "chunks", *SKIP_REASONS, "quarantined")
 
 
 def report_name(day: str) -> str:
@@ -104,6 +107,34 @@ def with_hour(report: DayReport, line: HourLine, servers: Sequence[str]) -> DayR
             for hour, row in report.rows.items()}
     rows[line.hour] = line.cells(columns)
     return DayReport(columns, rows)
+
+
+def with_cells(report: DayReport, hour: str, counts: Mapping[str, int],
+               servers: Sequence[str]) -> DayReport | None:
+    """The report with some counts of an existing hour line replaced, in today's columns;
+    None when the report has no line for `hour` (pure)."""
+    if hour not in report.rows:
+        return None
+    columns = report_columns(servers)
+    rows = {label: {column: row.get(column, "") for column in columns}
+            for label, row in report.rows.items()}
+    rows[hour].update({name: str(n) for name, n in counts.items() if name in columns})
+    return DayReport(columns, rows)
+
+
+def update_report_cells(folder: Path, day: str, hour: str, counts: Mapping[str, int],
+                        servers: Sequence[str]) -> bool:
+    """Replace counts of an hour line already in the day's report, atomically; False (and
+    nothing written) when the hour has no line yet: it gets its counts when processed."""
+    path = folder / report_name(day)
+    before = read_report(path)
+    report = with_cells(before, hour, counts, servers)
+    if report is None:
+        return False
+    text = render_report(report)
+    if text != render_report(before):  # unchanged: no new version to upload
+        write_bytes_atomic(path, text.encode("utf-8"))
+    return True
 
 
 def update_report(folder: Path, day: str, line: HourLine, servers: Sequence[str]) -> Path:

@@ -28,6 +28,8 @@ STREAM_RECOVERED = "stream_recovered"
 DISK_FULL = "disk_full"
 UPLOAD_FAILING = "upload_failing"
 PROCESS_FAILING = "process_failing"
+# Entries that are not chunk files were moved out of a chunk folder (collector.process).
+ENTRIES_QUARANTINED = "entries_quarantined"
 SEND_FAILING = "send_failing"
 SEND_CONFLICT = "send_conflict"
 

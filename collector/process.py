@@ -22,6 +22,17 @@ Safety: one run at a time (`flock` on `state_dir/process.lock`); outputs are wri
 atomically (collector.outputs); inputs are only ever read, and removed only by retention
 after their hour's outputs exist.
 
+Trust: a secondary's folder holds whatever its key pushed. The scan (`collector.layout.
+scan_tree`) never follows a link below a source's root and reads only regular single-link
+files named like that server's chunks, up to `max_chunk_mb`; anything else in the tree (a
+symlink, FIFO, socket, device, hard link, oversized or misnamed file, unreadable folder) is
+moved, never deleted, to `incoming_dst/.quarantine/<server_id>/<path>.<time>` (the main's
+own: `data_storage_dst/.quarantine/<server_id>/`), logged one line each, counted in the
+report's `quarantined` column of the hour whose folder held it, and alerted
+(`entries_quarantined`); every other hour is processed as usual. A chunk is opened with
+`O_NOFOLLOW|O_NONBLOCK` and checked again with fstat, so an entry swapped after the scan is
+never read either, and at most the size fstat saw is read.
+
 Speed and memory (measured numbers in docs/process.md): each hour is merged in two passes
 (collector.merge.HourIndex). Pass 1 parses every line once, split across helper interpreters
 for a large hour, and keeps one small entry per distinct tweet; pass 2 reads the kept lines
@@ -38,6 +49,7 @@ import fcntl
 import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
@@ -52,9 +64,27 @@ import orjson
 
 from collector import notify
 from collector.coverage import write_hour_coverage
-from collector.daily_report import HourLine, update_report
+from collector.daily_report import HourLine, update_report, update_report_cells
 from collector.errors import CollectorError, DiskFullError, LockedError, SettingsError
-from collector.layout import CHUNK_NAME, HourKey, hour_bounds, hour_of, parse_chunk
+from collector.layout import (
+    CHUNK_NAME,
+    DEFAULT_MAX_CHUNK_MB,
+    MIB,
+    Entry,
+    EntryChanged,
+    HourKey,
+    Rejected,
+    UnsafeEntry,
+    hour_bounds,
+    hour_of,
+    is_day_name,
+    is_hour_name,
+    move_entry,
+    open_chunk,
+    read_at_most,
+    remove_entry,
+    scan_tree,
+)
 from collector.merge import (
     SKIP_REASONS,
     USER_COLUMNS,
@@ -77,24 +107,30 @@ log = logging.getLogger("collector.process")
 
 LEDGER_NAME = "process_ledger.json"
 LOCK_NAME = "process.lock"
+# Beside the chunk folders (same filesystem, so a move is a rename) but outside every
+# secondary's own folder, which is all its key can write to.
+QUARANTINE_DIR = ".quarantine"
 
 
 # ---- where the chunks are --------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Source:
-    """Where one server's chunks are found on the main."""
+    """Where one server's chunks are found on the main, and where its rejects go."""
 
     index: int
     server_id: str
     root: Path
+    quarantine: Path
+    own: bool = False  # the main's own data_storage_dst (its stream's `.part` files live there)
 
 
 @dataclass(frozen=True)
 class ChunkFile:
     source: Source
     path: Path
-    size: int
+    size: int  # as the scan saw it (lstat); the ledger records it
+    entry: Entry  # path below the source's root and inode, to open it without links
 
     @property
     def key(self) -> str:
@@ -107,61 +143,199 @@ def sources(settings: Settings) -> list[Source]:
     for index, server_id in enumerate(settings.servers):
         if server_id == settings.server_id:
             root = settings.data_storage_dst
+            quarantine = settings.data_storage_dst / QUARANTINE_DIR / server_id
         else:
             assert settings.incoming_dst is not None  # required on the main
             root = settings.incoming_dst / server_id
-        found.append(Source(index, server_id, root))
+            quarantine = settings.incoming_dst / QUARANTINE_DIR / server_id
+        found.append(Source(index, server_id, root, quarantine,
+                            own=server_id == settings.server_id))
     return found
 
 
-def scan_chunks(all_sources: list[Source]) -> dict[HourKey, list[ChunkFile]]:
-    """Every closed chunk by hour; per hour in server order, then name order."""
-    hours: dict[HourKey, list[ChunkFile]] = {}
+@dataclass
+class Scan:
+    """What the chunk folders hold: chunks by hour, and the entries to quarantine."""
+
+    hours: dict[HourKey, list[ChunkFile]] = field(default_factory=dict)
+    rejected: list[tuple[Source, Rejected]] = field(default_factory=list)
+
+
+def scan_sources(all_sources: list[Source], max_bytes: int) -> Scan:
+    """Every closed chunk by hour (per hour in server order, then name order) and every
+    entry that is not one; reads nothing but folder listings and moves nothing.
+
+    A server that never pushed has no folder: nothing to merge. A source's root that exists
+    but cannot be read is an error, not an empty folder (skipping it would publish hours
+    without that server); anything below the root that is wrong is a reject instead, so it
+    cannot stop the other hours (collector.layout.scan_tree).
+    """
+    scan = Scan()
     for source in all_sources:
         try:
-            _scan_source(source, hours)
+            tree = scan_tree(source.root, source.server_id, max_bytes, own=source.own)
         except OSError as error:
             raise CollectorError(f"cannot read the chunks of {source.server_id} under "
                                  f"{source.root}: {os.strerror(error.errno or 0)}") from None
-    for chunks in hours.values():
+        for found in tree.chunks:
+            scan.hours.setdefault(found.chunk.hour, []).append(
+                ChunkFile(source, found.chunk.path, found.size, found.entry))
+        scan.rejected += [(source, rejected) for rejected in tree.rejected]
+        for relative in tree.changed:
+            log.warning("%s entry %s changed while it was scanned; the next run looks at it "
+                        "again", source.server_id, shown(relative))
+    for chunks in scan.hours.values():
         chunks.sort(key=lambda c: (c.source.index, c.path.name))
-    return hours
+    return scan
 
 
-def _is_folder(path: Path) -> bool:
-    """True for a folder, False for a stray file; OSError for a link that leads nowhere."""
-    if path.is_dir():
-        return True
-    if path.is_symlink():
-        path.stat()  # raises for a dangling or looping link
-    return False
+# ---- quarantine ------------------------------------------------------------------------------
+
+def shown(text: str) -> str:
+    """A name as it may appear in a log line or mail subject: whatever a pushed file name
+    holds (newlines, control or undecodable bytes) is escaped, so it cannot forge a line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-def _scan_source(source: Source, hours: dict[HourKey, list[ChunkFile]]) -> None:
-    """One server's closed chunks into `hours` (OSError when a folder is unreadable).
+def quarantine_name(name: str, stamp: str, attempt: int = 0) -> str:
+    """`<name>.<stamp>[-<attempt>]`: the time keeps a second entry of the same name apart,
+    and no quarantined entry can take the name of a day or hour folder there (pure)."""
+    return f"{name}.{stamp}" + (f"-{attempt}" if attempt else "")
 
-    A server that never pushed has no folder: nothing to merge. A folder that exists but
-    cannot be read (permissions, a broken or looping link) is an error, not an empty folder:
-    skipping it would publish the hour without that server's chunks.
+
+def entry_hour(parts: tuple[str, ...]) -> HourKey | None:
+    """The hour whose folder held an entry (or that the entry is the folder of); None above
+    the hour level (pure)."""
+    if len(parts) >= 2 and is_day_name(parts[0]) and is_hour_name(parts[1]):
+        return HourKey(parts[0], parts[1])
+    return None
+
+
+@dataclass(frozen=True)
+class QuarantinedEntry:
+    """One entry taken out of a chunk tree (or found there and impossible to move)."""
+
+    server_id: str
+    entry: str  # path below the server's chunk folder
+    reason: str
+    moved_to: Path | None  # None: it could not be moved; it stays and is never read
+    hour: HourKey | None  # the hour whose folder held it
+
+
+class Quarantine:
+    """Moves rejected entries out of the chunk trees, logging one line for each.
+
+    Never deletes: an entry is renamed (a link as a link) into the source's quarantine
+    folder under a name no one else uses. An entry that changed since it was looked at is
+    left for the next run's scan to decide; one that cannot be moved (another filesystem,
+    permissions) stays, is reported, and is never read.
     """
-    if not source.root.exists() and not source.root.is_symlink():
-        return
-    for day_dir in sorted(source.root.iterdir()):
-        if day_dir.name.startswith(".") or not _is_folder(day_dir):
-            continue
-        for hour_dir in sorted(day_dir.iterdir()):
-            if not _is_folder(hour_dir):
-                continue
-            for path in sorted(hour_dir.iterdir()):
-                chunk = parse_chunk(path)
-                if chunk is None:
-                    continue
-                if chunk.server_id != source.server_id:
-                    log.warning("ignoring %s: it is not a chunk of %s", path, source.server_id)
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    size = path.stat().st_size
-                    hours.setdefault(chunk.hour, []).append(ChunkFile(source, path, size))
+
+    def __init__(self, now: datetime) -> None:
+        self.stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.entries: list[QuarantinedEntry] = []
+
+    def take(self, source: Source, rejected: Rejected) -> None:
+        entry, where = rejected.entry, shown(rejected.entry.relative)
+        reason = shown(rejected.reason)  # may quote a pushed name ("a chunk of <server>")
+        moved_to: Path | None = None
+        try:
+            moved_to = self._free_destination(source, entry.parts)
+            move_entry(source.root, entry, moved_to)
+        except EntryChanged:
+            log.warning("%s entry %s changed while it was checked; the next run looks at it "
+                        "again", source.server_id, where)
+            return
+        except OSError as error:
+            log.warning("cannot quarantine %s entry %s (%s): %s; it stays and is not read",
+                        source.server_id, where, reason, os.strerror(error.errno or 0))
+            moved_to = None
+        else:
+            log.warning("quarantined %s entry %s (%s): moved to %s", source.server_id, where,
+                        reason, shown(str(moved_to)))
+        self.entries.append(QuarantinedEntry(source.server_id, entry.relative, reason,
+                                             moved_to, entry_hour(entry.parts)))
+
+    def _free_destination(self, source: Source, parts: tuple[str, ...]) -> Path:
+        # Each level 0700 (mkdir's `parents` would leave the upper ones at the umask's
+        # mode): what is kept there is hostile, and only this account needs to go in.
+        base = source.quarantine.parent  # `.quarantine`, beside the servers' folders
+        folder = base.parent
+        for part in (base.name, source.quarantine.name, *parts[:-1]):
+            folder = folder / part
+            folder.mkdir(mode=0o700, exist_ok=True)
+        attempt = 0
+        while os.path.lexists(folder / quarantine_name(parts[-1], self.stamp, attempt)):
+            attempt += 1  # only this process (under the lock) writes here
+        return folder / quarantine_name(parts[-1], self.stamp, attempt)
+
+
+def quarantined_in_hour(all_sources: list[Source], hour: HourKey) -> int:
+    """How many entries the quarantine folders hold from this hour's folders (any server):
+    the report's `quarantined` count, so it survives the hour being processed again."""
+    count = 0
+    for source in all_sources:
+        day = source.quarantine / hour.day
+        for name, is_folder in _names(day):
+            if name.startswith(f"{hour.hour}."):
+                count += 1  # the hour folder itself (a link, an unreadable folder)
+            elif name == hour.hour and is_folder:
+                count += len(_names(day / name))
+    return count
+
+
+def quarantined_total(all_sources: list[Source]) -> int:
+    """Every entry the quarantine folders hold (what `collector status` shows): the names
+    with a time suffix, found without following links or entering a quarantined folder."""
+    count = 0
+    folders = [source.quarantine for source in all_sources]
+    while folders:
+        folder = folders.pop()
+        for name, is_folder in _names(folder):
+            if _STAMPED.search(name):
+                count += 1
+            elif is_folder:
+                folders.append(folder / name)
+    return count
+
+
+_STAMPED = re.compile(r"\.\d{8}T\d{6}Z(?:-\d+)?$")
+
+
+def _names(folder: Path) -> list[tuple[str, bool]]:
+    """Entry names of a folder and whether each is a real folder (links not followed)."""
+    try:
+        with os.scandir(folder) as entries:
+            return [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def quarantine_alert(entries: list[QuarantinedEntry], limit: int = 20) -> tuple[str, str]:
+    """Subject and body of the `entries_quarantined` alert (pure)."""
+    first = entries[0]
+    count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+    subject = (f"{count} in the chunk folders quarantined, not read: {first.server_id} "
+               f"{shown(first.entry)} ({first.reason})")
+    if len(entries) > 1:
+        subject += f" and {len(entries) - 1} more"
+    lines = [f"- {e.server_id} {shown(e.entry)}: {e.reason}; "
+             + (f"moved to {shown(str(e.moved_to))}" if e.moved_to is not None
+                else "could not be moved: it stays, and is never read")
+             for e in entries[:limit]]
+    if len(entries) > limit:
+        lines.append(f"- ... and {len(entries) - limit} more (one log line each)")
+    body = "\n".join([
+        "These entries in the chunk folders are not chunk files (a symlink, FIFO, socket,",
+        "device, hard link, a file larger than max_chunk_mb, a misnamed file or an unreadable",
+        "folder). Nothing was read from them; every other hour was processed as usual.",
+        "", *lines, "",
+        "Quarantine: incoming_dst/.quarantine/<server_id>/ (the main's own chunks:",
+        "data_storage_dst/.quarantine/<server_id>/). Nothing there is ever deleted by the",
+        "collector. A real chunk moved there by mistake goes back to its hour folder under",
+        "its name without the time suffix; the next run merges it as a late chunk.",
+    ])
+    return subject, body
 
 
 # ---- the ledger ------------------------------------------------------------------------------
@@ -297,6 +471,7 @@ class ProcessResult:
     hours: list[HourResult] = field(default_factory=list)
     pruned_hours: int = 0
     timings: Timings = field(default_factory=Timings)
+    quarantined: list[QuarantinedEntry] = field(default_factory=list)
 
 
 class KeptLines:
@@ -325,10 +500,13 @@ class KeptLines:
 
 @dataclass
 class HourRead:
-    """Pass 1's result for one hour: the index and the open chunks it points into."""
+    """Pass 1's result for one hour: the index, the open chunks it points into, and the
+    chunks that were read (the ledger records only those: one that vanished or was
+    quarantined on the way was not merged)."""
 
     index: HourIndex
     lines: KeptLines
+    read: list[ChunkFile] = field(default_factory=list)
 
 
 def chunk_minute(path: Path) -> int:
@@ -341,23 +519,49 @@ def chunk_minute(path: Path) -> int:
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 
 
-def received_earlier(chunks: list[ChunkFile]) -> set[int]:
-    """Tweet ids in these chunks (the previous hour's tail); a vanished chunk is skipped."""
+def open_checked(chunk: ChunkFile, quarantine: Quarantine, max_bytes: int
+                 ) -> tuple[int, int] | None:
+    """A scanned chunk opened to read (descriptor, size to read), or None when it must not
+    be read: gone (logged), or no longer a regular single-link file within the limit, or
+    unreadable (quarantined; nothing of it is read)."""
+    try:
+        return open_chunk(chunk.source.root, chunk.entry.parts, max_bytes)
+    except (FileNotFoundError, EntryChanged):
+        log.warning("chunk %s vanished while processing", shown(str(chunk.path)))
+    except UnsafeEntry as unsafe:  # quarantine what is there now, if it is still that
+        found = Entry(chunk.entry.parts, unsafe.device, unsafe.inode)
+        quarantine.take(chunk.source, Rejected(found, unsafe.reason))
+    except OSError as error:
+        quarantine.take(chunk.source, Rejected(
+            chunk.entry, f"an unreadable file ({os.strerror(error.errno or 0)})"))
+    return None
+
+
+def received_earlier(chunks: list[ChunkFile], quarantine: Quarantine, max_bytes: int
+                     ) -> tuple[set[int], list[ChunkFile]]:
+    """Tweet ids in these chunks (the previous hour's tail), and the chunks read."""
     found: set[int] = set()
+    read: list[ChunkFile] = []
     for chunk in chunks:
+        opened = open_checked(chunk, quarantine, max_bytes)
+        if opened is None:
+            continue
+        fd, size = opened
         try:
-            found |= tweet_ids_in(chunk.path.read_bytes())
-        except FileNotFoundError:
-            log.warning("chunk %s vanished while processing", chunk.path)
+            found |= tweet_ids_in(read_at_most(fd, size))
         except OSError as error:
-            raise CollectorError(f"cannot read chunk {chunk.path}: "
+            raise CollectorError(f"cannot read chunk {shown(str(chunk.path))}: "
                                  f"{os.strerror(error.errno or 0)}") from None
-    return found
+        finally:
+            os.close(fd)
+        read.append(chunk)
+    return found, read
 
 
 def read_hour(hour: HourKey, chunks: list[ChunkFile], servers: tuple[str, ...],
               timings: Timings, workers: int = 1,
-              earlier: list[ChunkFile] | None = None) -> HourRead:
+              earlier: list[ChunkFile] | None = None, quarantine: Quarantine | None = None,
+              max_bytes: int = DEFAULT_MAX_CHUNK_MB * MIB) -> HourRead:
     """Pass 1: index every chunk of the hour (one small entry per distinct tweet).
 
     A large hour is split into `workers` groups of consecutive chunks (cut only where the
@@ -367,11 +571,13 @@ def read_hour(hour: HourKey, chunks: list[ChunkFile], servers: tuple[str, ...],
     same result as one pass. Helpers read the chunks through this process's descriptors
     (`/proc/<pid>/fd/<n>`), so pass 1 and pass 2 see the very same files. Tweets found in
     `earlier` (the previous hour's tail) are then dropped: they belong to that hour.
+    A chunk that is no longer what the scan saw is not read (`open_checked`).
     """
+    quarantine = quarantine or Quarantine(datetime.now(UTC))
     lines = KeptLines()
     try:
-        jobs = _open_chunks(hour, chunks, lines)
-        total = sum(chunk.size for chunk in chunks)
+        jobs, opened = _open_chunks(chunks, lines, quarantine, max_bytes)
+        total = sum(job[4] for job in jobs)
         groups = _split_jobs(jobs, workers if total >= PARALLEL_MIN_BYTES else 1)
         started = time.perf_counter()
         helpers = [_start_helper(servers, group) for group in groups[:-1]]
@@ -386,36 +592,38 @@ def read_hour(hour: HourKey, chunks: list[ChunkFile], servers: tuple[str, ...],
         index = partials[0][0] if partials else mine[0]
         for partial, _ in partials[1:] + ([mine] if partials else []):
             index.absorb(partial)
+        earlier_read: list[ChunkFile] = []
         if earlier:
-            index.drop_received_earlier(received_earlier(earlier))
+            ids, earlier_read = received_earlier(earlier, quarantine, max_bytes)
+            index.drop_received_earlier(ids)
         read_seconds = max([mine[1], *(p[1] for p in partials)])
         timings.reading += read_seconds
         timings.merging += time.perf_counter() - started - read_seconds
     except BaseException:
         lines.close()
         raise
-    return HourRead(index, lines)
+    return HourRead(index, lines, opened + earlier_read)
 
 
-# (chunk number, server number, minute, path to read it by)
-IndexJob = tuple[int, int, int, str]
+# (chunk number, server number, minute, path to read it by, bytes to read: fstat's at open)
+IndexJob = tuple[int, int, int, str, int]
 
 
-def _open_chunks(hour: HourKey, chunks: list[ChunkFile], lines: KeptLines) -> list[IndexJob]:
+def _open_chunks(chunks: list[ChunkFile], lines: KeptLines, quarantine: Quarantine,
+                 max_bytes: int) -> tuple[list[IndexJob], list[ChunkFile]]:
+    """Open the hour's chunks (kept open for pass 2); the index jobs and the chunks opened."""
     jobs: list[IndexJob] = []
+    opened: list[ChunkFile] = []
     for chunk in chunks:
-        try:
-            fd = os.open(chunk.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            log.warning("chunk %s vanished while processing %s", chunk.path, hour)
+        checked = open_checked(chunk, quarantine, max_bytes)
+        if checked is None:
             continue
-        except OSError as error:
-            raise CollectorError(f"cannot read chunk {chunk.path}: "
-                                 f"{os.strerror(error.errno or 0)}") from None
+        fd, size = checked
         lines.add(fd)
+        opened.append(chunk)
         jobs.append((len(lines.fds) - 1, chunk.source.index, chunk_minute(chunk.path),
-                     f"/proc/{os.getpid()}/fd/{fd}"))
-    return jobs
+                     f"/proc/{os.getpid()}/fd/{fd}", size))
+    return jobs, opened
 
 
 def _split_jobs(jobs: list[IndexJob], groups: int) -> list[list[IndexJob]]:
@@ -437,10 +645,12 @@ def index_chunks(servers: tuple[str, ...], jobs: list[IndexJob]) -> tuple[HourIn
     """Index the chunks of `jobs` in order; returns the index and the seconds spent reading."""
     index = HourIndex(servers)
     reading = 0.0
-    for chunk_no, server_index, minute, path in jobs:
+    for chunk_no, server_index, minute, path, size in jobs:
         started = time.perf_counter()
+        # The path is this process's descriptor of a file checked to be regular: no FIFO
+        # or device can be reached through it, and no more than fstat's size is read.
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = handle.read(size)
         reading += time.perf_counter() - started
         index.add_chunk(server_index, data, minute, chunk_no)
     return index, reading
@@ -468,15 +678,17 @@ def _index_helper_main(request: str) -> None:
     tune_malloc()
     data = orjson.loads(request)
     result = index_chunks(tuple(data["servers"]),
-                          [(int(a), int(b), int(c), str(d)) for a, b, c, d in data["jobs"]])
+                          [(int(a), int(b), int(c), str(d), int(e))
+                           for a, b, c, d, e in data["jobs"]])
     sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
 
 
-def report_line(hour: HourKey, index: HourIndex) -> HourLine:
+def report_line(hour: HourKey, index: HourIndex, quarantined: int = 0) -> HourLine:
     counts = index.server_counts()
     extra = {"duplicates": index.duplicates, "chunks": index.chunks}
     extra.update({reason: index.skipped.get(reason, 0) for reason in SKIP_REASONS})
+    extra["quarantined"] = quarantined
     return HourLine(hour.hour, dict(zip(index.servers, counts, strict=True)),
                     len(index.entries), index.diff(), extra)
 
@@ -524,13 +736,14 @@ def _timed(rows: Iterator[bytes], timings: Timings) -> Iterator[bytes]:
 
 
 def write_hour(hour: HourKey, read: HourRead, settings: Settings, vault: Path,
-               pool: ThreadPoolExecutor, workers: int, timings: Timings) -> HourResult:
+               pool: ThreadPoolExecutor, workers: int, timings: Timings,
+               quarantined: int = 0) -> HourResult:
     """Pass 2: render the rows into the compressors and write the hour's three files, its
     coverage counts and its report line; all atomically."""
     index, lines = read.index, read.lines
     try:
         started = time.perf_counter()
-        line = report_line(hour, index)
+        line = report_line(hour, index, quarantined)
         minute_counts = index.minute_counts()
         plan = index.plan()
         # Pass 2 needs only the plan: give the index's memory back before the compressors
@@ -577,12 +790,15 @@ def prune_old_chunks(scan: dict[HourKey, list[ChunkFile]], ledger: Ledger, setti
         if ledger.is_pruned(hour):
             log.warning("removing %d chunks that arrived for %s after its raw chunks were "
                         "removed; they cannot be merged completely any more", len(chunks), hour)
+        # Removed through folder descriptors: a folder swapped for a link meanwhile cannot
+        # make retention remove anything outside the chunk tree.
         for chunk in chunks:
-            chunk.path.unlink(missing_ok=True)
-        for folder in {chunk.path.parent for chunk in chunks}:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty
-                folder.parent.rmdir()
+            with contextlib.suppress(FileNotFoundError, EntryChanged):
+                remove_entry(chunk.source.root, chunk.entry.parts)
+        for source, parts in {(chunk.source, chunk.entry.parts[:-1]) for chunk in chunks}:
+            with contextlib.suppress(OSError, EntryChanged):
+                remove_entry(source.root, parts, folder=True)  # only when empty
+                remove_entry(source.root, parts[:-1], folder=True)
         ledger.hours[str(hour)] = {"pruned": True}
         pruned += 1
     return pruned
@@ -669,19 +885,50 @@ def _process(settings: Settings, hour: HourKey | None, force: bool, now: datetim
     workers = workers or max(1, min(os.cpu_count() or 1, 4))
     with process_lock(settings.state_dir):
         ledger = Ledger.load(settings.state_dir / LEDGER_NAME)
-        scan = scan_chunks(sources(settings))
-        if hour is not None:
-            todo = [_check_named_hour(hour, scan, settings, force, now)]
-        else:
-            todo = due_hours(scan, ledger, settings, now, vault)
-        result = ProcessResult()
-        _run_pipeline(todo, scan, settings, vault, ledger, workers, result,
-                      Progress(len(todo), progress_stream or sys.stderr))
-        if hour is None:
-            result.pruned_hours = prune_old_chunks(scan, ledger, settings, now)
-            if result.pruned_hours:
-                ledger.save()
+        all_sources = sources(settings)
+        found = scan_sources(all_sources, settings.max_chunk_bytes)
+        quarantine = Quarantine(now)
+        result = ProcessResult(quarantined=quarantine.entries)
+        try:
+            # First, so that nothing below ever meets a reject, and this run's report lines
+            # count what it moved.
+            for source, rejected in found.rejected:
+                quarantine.take(source, rejected)
+            scan = found.hours
+            if hour is not None:
+                todo = [_check_named_hour(hour, scan, settings, force, now)]
+            else:
+                todo = due_hours(scan, ledger, settings, now, vault)
+            _run_pipeline(todo, scan, settings, vault, ledger, workers, result,
+                          Progress(len(todo), progress_stream or sys.stderr), all_sources,
+                          quarantine)
+            recount_quarantined(quarantine.entries, {r.hour for r in result.hours},
+                                all_sources, settings, vault)
+            if hour is None:
+                result.pruned_hours = prune_old_chunks(scan, ledger, settings, now)
+                if result.pruned_hours:
+                    ledger.save()
+        finally:
+            # Even when the run fails later: a moved entry is not found again, so this is
+            # the only moment it can be told.
+            if quarantine.entries:
+                subject, body = quarantine_alert(quarantine.entries)
+                notify.make_notifier(settings).alert(notify.ENTRIES_QUARANTINED, subject, body)
         return result
+
+
+def recount_quarantined(entries: list[QuarantinedEntry], processed: set[HourKey],
+                        all_sources: list[Source], settings: Settings, vault: Path) -> None:
+    """Bring the `quarantined` cell of hours already in a report up to date when this run
+    moved entries from their folders but did not process them (they had nothing new)."""
+    for hour in sorted({e.hour for e in entries if e.hour and e.moved_to} - processed):
+        counts = {"quarantined": quarantined_in_hour(all_sources, hour)}
+        try:
+            update_report_cells(output_paths(vault, hour)[0].parent, hour.day, hour.hour,
+                                counts, settings.servers)
+        except (OSError, CollectorError) as error:  # the count is also in log and alert
+            log.warning("cannot update the quarantined count of %s in its report: %s", hour,
+                        error.strerror if isinstance(error, OSError) else error)
 
 
 def _check_named_hour(hour: HourKey, scan: dict[HourKey, list[ChunkFile]], settings: Settings,
@@ -698,7 +945,8 @@ def _check_named_hour(hour: HourKey, scan: dict[HourKey, list[ChunkFile]], setti
 
 def _run_pipeline(todo: list[HourKey], scan: dict[HourKey, list[ChunkFile]], settings: Settings,
                   vault: Path, ledger: Ledger, workers: int, result: ProcessResult,
-                  progress: Progress) -> None:
+                  progress: Progress, all_sources: list[Source],
+                  quarantine: Quarantine) -> None:
     """Process the hours one after the other, each on every core; finish them in order.
 
     Hours do not overlap: pass 1 of hour h+1 beside the compressors of hour h would hold a
@@ -716,22 +964,26 @@ def _run_pipeline(todo: list[HourKey], scan: dict[HourKey, list[ChunkFile]], set
             progress.reading(hour)
             chunks = scan[hour]
             earlier = lookback_chunks(hour, scan, settings)
-            hour_read = read_hour(hour, chunks, settings.servers, timings, workers, earlier)
+            hour_read = read_hour(hour, chunks, settings.servers, timings, workers, earlier,
+                                  quarantine, settings.max_chunk_bytes)
             if number + 1 < len(todo):
-                read_ahead(scan[todo[number + 1]])
-            hour_result = write_hour(hour, hour_read, settings, vault, pool, workers, timings)
+                read_ahead(scan[todo[number + 1]], settings.max_chunk_bytes)
+            merged = hour_read.read
+            hour_result = write_hour(hour, hour_read, settings, vault, pool, workers, timings,
+                                     quarantined_in_hour(all_sources, hour))
             del hour_read
-            ledger.record(hour_result.hour, chunks + earlier)
+            ledger.record(hour_result.hour, merged)
             ledger.save()
             result.hours.append(hour_result)
             progress.finished(hour_result)
 
 
-def read_ahead(chunks: list[ChunkFile]) -> None:
-    """Ask the kernel to start reading these chunks into the page cache (best effort)."""
+def read_ahead(chunks: list[ChunkFile], max_bytes: int) -> None:
+    """Ask the kernel to start reading these chunks into the page cache (best effort; opened
+    as safely as for reading, so a swapped entry is merely skipped here)."""
     for chunk in chunks:
-        with contextlib.suppress(OSError, AttributeError):
-            fd = os.open(chunk.path, os.O_RDONLY | os.O_CLOEXEC)
+        with contextlib.suppress(OSError, AttributeError, EntryChanged, UnsafeEntry):
+            fd, _ = open_chunk(chunk.source.root, chunk.entry.parts, max_bytes)
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
             finally:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from collector.errors import CredentialsError, SettingsError
+from collector.layout import DEFAULT_MAX_CHUNK_MB
 
 DEFAULT_SETTINGS_PATH = Path("/etc/collector/server_settings.txt")
 SETTINGS_ENV = "COLLECTOR_SETTINGS"
@@ -128,6 +129,8 @@ _KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "stall_seconds": (_int_between(2, 86400), "300"),
     "read_timeout_seconds": (_int_between(1, 600), "20"),
     "xz_preset": (_int_between(0, 9), "6"),
+    # Larger entries in a chunk folder are no chunk and are quarantined (collector.process).
+    "max_chunk_mb": (_int_between(1, 65536), str(DEFAULT_MAX_CHUNK_MB)),
     "ssh_identity_file": (_path, ""),
     "ssh_known_hosts_file": (_path, ""),
 }
@@ -173,12 +176,18 @@ class Settings:
     stall_seconds: int
     read_timeout_seconds: int
     xz_preset: int
+    max_chunk_mb: int
     ssh_identity_file: Path | None
     ssh_known_hosts_file: Path | None
 
     @property
     def is_main(self) -> bool:
         return self.role == "main"
+
+    @property
+    def max_chunk_bytes(self) -> int:
+        """`max_chunk_mb` in bytes: the largest file `process` reads as a chunk."""
+        return self.max_chunk_mb * 1024 * 1024
 
     @property
     def state_dir(self) -> Path:

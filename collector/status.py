@@ -165,14 +165,19 @@ def main_part(status: HostStatus, settings: Settings, now: float) -> None:
                     if not entry.get("pruned"))
     vault = settings.data_vault_dst
     assert vault is not None  # required on a main by the settings
-    scan = process.scan_chunks(process.sources(settings))
+    all_sources = process.sources(settings)
+    found = process.scan_sources(all_sources, settings.max_chunk_bytes)
     moment = datetime.fromtimestamp(now, UTC)
-    waiting = process.due_hours(scan, ledger, settings, moment, vault)
+    waiting = process.due_hours(found.hours, ledger, settings, moment, vault)
     status.processing = {
         "last_hour_processed": str(merged[-1][0]) if merged else "",
         "processed_at": merged[-1][1].get("processed_at", "") if merged else "",
         "hours_waiting": len(waiting),
         "oldest_hour_waiting": str(waiting[0]) if waiting else "",
+        # Entries that are no chunk files: the next `process` run moves them to quarantine;
+        # what the quarantine holds waits for a human (nothing deletes it).
+        "entries_to_quarantine": len(found.rejected),
+        "quarantined_entries": process.quarantined_total(all_sources),
     }
     if len(waiting) >= HOURS_WAITING_DEGRADED:
         status.worsen(Verdict.DEGRADED,

@@ -757,37 +757,39 @@ class FakeStreamAPI:
             self._respond(client, 401, PROBLEM_BODIES[401])
             return True
         params = parse_qs(query)
+        backfill = _backfill(params.get("backfill_minutes"))
         with self._lock:
             budget = self._budget(token)
             budget.attempts += 1
             over_budget = budget.attempts > self.attempt_limit
             busy = self._open.get(token, 0) >= self.slots
-            if not over_budget and not busy:
+            # A refused request never holds a slot, not even while its answer is written: the
+            # client may retry the moment it has read it.
+            admitted = not over_budget and not busy and backfill is not None
+            if admitted:
                 self._open[token] = self._open.get(token, 0) + 1
         headers = self._rate_headers(token)
-        backfill = _backfill(params.get("backfill_minutes"))
         if over_budget:
             record.status = 429
             self._respond(client, 429, RATE_LIMITED, headers)
             return True
+        if busy:
+            record.status = 429
+            self._respond(client, 429, TOO_MANY_CONNECTIONS, headers)
+            return True
+        if backfill is None:
+            record.status = 400
+            self._respond(client, 400, _invalid_backfill(params["backfill_minutes"][-1]))
+            return True
         try:
-            if busy:
-                record.status = 429
-                self._respond(client, 429, TOO_MANY_CONNECTIONS, headers)
-                return True
-            if backfill is None:
-                record.status = 400
-                self._respond(client, 400, _invalid_backfill(params["backfill_minutes"][-1]))
-                return True
             record.backfill_minutes = backfill
             lines = self.lines_for(_csv(params.get("tweet.fields")),
                                    _csv(params.get("user.fields")),
                                    _csv(params.get("expansions")))
             return self._stream(client, record, lines, headers)
         finally:
-            if not over_budget and not busy:
-                with self._lock:
-                    self._open[token] -= 1
+            with self._lock:
+                self._open[token] -= 1
 
     def _budget(self, token: str) -> _Budget:
         now = time.time()

@@ -523,11 +523,14 @@ def test_a_failing_run_is_alerted_by_email_and_exits_non_zero(
         assert not settings.data_vault_dst.exists()
 
 
-def test_unreadable_chunks_folder_is_a_clear_error_and_alerted(
+def test_unreadable_chunks_root_is_a_clear_error_and_alerted(
         main_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """A server's folder itself is the operator's (a secondary's key cannot replace it): if
+    it cannot be read, publishing without that server would be wrong, so the run stops.
+    Anything wrong *below* it is quarantined instead (tests/integration/test_quarantine.py)."""
     fill_hour(main_settings, tweets=60)
     assert main_settings.incoming_dst is not None
-    blocker = main_settings.incoming_dst / "srv2" / "2026-02-03" / "10"
+    blocker = main_settings.incoming_dst / "srv2"
     shutil.rmtree(blocker)
     blocker.symlink_to(blocker)  # a loop: reading it fails with ELOOP, even for root
     with pytest.raises(CollectorError, match="cannot read the chunks of srv2 under"):
