@@ -3,13 +3,13 @@
     python -m tests.faults.run [--scenario NAME ...] [--one-lab] [--reuse] [--keep] [--list]
 
 Scenarios run in labs side by side, each two hosts with its own test doubles: a scenario
-whose time is mostly waiting (a ten-minute power cut) names a lab of its own (`Scenario.lab`:
-`b`, `c`), all others run one after the other in the first lab (`faults`; env
-COLLECTOR_LAB_NAME renames it, the others take its name plus `-b`, `-c`), so the campaign
-takes about as long as the first lab alone. The labs share nothing but this machine (the
-image and the wheelhouse are built once, before any of them boots); each other lab is this
-runner again in a child process (`--one-lab --results FILE`), whose output is shown prefixed
-with its lab's name. `--one-lab` runs every chosen scenario in one lab, in order.
+whose time is mostly waiting (a ten-minute power cut) runs in another lab (`Scenario.lab`:
+`b`, `c`) with a few short ones after it, all others one after the other in the first lab
+(`faults`; env COLLECTOR_LAB_NAME renames it, the others take its name plus `-b`, `-c`), so
+the campaign takes about as long as the first lab alone. The labs share nothing but this
+machine (the image and the wheelhouse are built once, before any of them boots); each other
+lab is this runner again in a child process (`--one-lab --results FILE`), whose output is
+shown prefixed with its lab's name. `--one-lab` runs every chosen scenario in one lab, in order.
 
 In each lab the hosts' cron daemon is stopped: the runner plays cron between scenarios (the
 same commands, when an hour is due), so no scenario depends on where the cron minutes fall.
@@ -218,6 +218,7 @@ def run_lab(fleet: ModuleType, chosen: list[Scenario], run_at: str, reuse: bool,
             if problem:
                 window.note = "; ".join(filter(None, [problem, window.note]))
                 window.failed = True
+            window.note = "; ".join(filter(None, [window.note, window.scenario.notes()]))
         rows = [measure.outcome(window.scenario.name, window.sent,
                                 [counted[hour][0] for hour in window.hours],
                                 [counted[hour][1] for hour in window.hours],
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         for scenario in scenarios.values():
-            lab = f" (lab {scenario.lab} of its own)" if scenario.lab else ""
+            lab = f" (in lab {scenario.lab})" if scenario.lab else ""
             print(f"{scenario.name:34} {scenario.description}{lab}")
         return 0
     chosen = [scenarios[name] for name in args.scenario or scenarios]
@@ -353,7 +354,11 @@ def write_report(scenarios: dict[str, Scenario], rows: list[measure.Outcome], ho
                "sampled stream's average), `backfill_minutes=2` (the Enterprise tier's reconnect "
                "backfill: without it, a kill of every host at once loses the few messages in "
                "flight, 4 to 11 at 20 messages/s when measured), `stall_seconds=20`; the hosts' "
-               "cron is stopped and the suite runs the hourly jobs itself. The *run* column "
+               "cron is stopped and the suite runs the hourly jobs itself. Each host's data "
+               "folders (`/srv/collector`) are an ext4 disk image of their own; a power cut "
+               "(`power-*`) kills the host's init and boots it again on a copy of that image "
+               "taken at the cut, so what the kernel had not written back is lost, as in a "
+               "real one. The *run* column "
                "gives the date (UTC) and the commit of the run that produced the row; "
                f"the last run ({run_at}) ran {len(rows)} of the {len(scenarios)} "
                f"scenarios{side_by_side} in {minutes:.0f} minutes"

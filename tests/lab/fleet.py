@@ -155,6 +155,8 @@ def write_inventory(state: dict[str, Any], main: str) -> None:
         "collector_email_fromaddr": "collector@lab.invalid",
         "collector_email_toaddr": "team@lab.invalid",
         "collector_email_starttls": False,
+        # Labs run side by side with the same host names: each hands a main over on its own.
+        "collector_handover_dir": str(LAB_DIR / "handover"),
     }
     (INVENTORY_DIR / "group_vars" / "all.yml").write_text(
         "---\n# Written by the lab.\n" + "".join(

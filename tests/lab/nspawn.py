@@ -9,6 +9,11 @@ The image is built once with debootstrap and cached under `CACHE_DIR`; each host
 its own copy (`cp -a`, seconds) so hosts never share state. A host is stopped with SIGTERM to
 its nspawn process (nspawn turns it into an orderly poweroff), then SIGKILL if it hangs.
 
+Each host's data folders (`DATA_DIR`: chunks, incoming, vault, state) live on a disk of their
+own: an ext4 image, loop-mounted on this machine and bound into the host. So a power cut can
+lose what a real one loses: `cut_data_disk` copies the image while it is still mounted (what
+the block device held; the kernel's dirty pages are not in it) and the host boots on the copy.
+
 Command line (root only):
     python -m tests.lab.nspawn image              # build the cached image
     python -m tests.lab.nspawn start NAME --state F   (prints the host as JSON)
@@ -41,6 +46,10 @@ PACKAGES = ("systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,pytho
 IMAGE_VERSION = "1"
 BOOT_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
+# Where the role keeps every data folder; each host has its own ext4 disk there.
+DATA_DIR = "/srv/collector"
+# Sparse: only what the host writes takes space on this machine.
+DATA_DISK_BYTES = 4 << 30
 
 
 def image_dir(cache: Path = CACHE_DIR) -> Path:
@@ -134,6 +143,64 @@ def prepare_root(image: Path, root: Path, name: str, port: int, public_key: str)
         f"Port {port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n")
 
 
+def data_disk(root: Path) -> tuple[Path, Path]:
+    """The host's data disk image and where this machine mounts it (beside the host's root)."""
+    return root.with_name(root.name + ".data.img"), root.with_name(root.name + ".data")
+
+
+def make_data_disk(root: Path) -> None:
+    """A fresh, empty ext4 data disk for the host (any old one is unmounted and replaced)."""
+    image, _ = data_disk(root)
+    unmount_data_disk(root)
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as disk:
+        disk.truncate(DATA_DISK_BYTES)
+    run(["mkfs.ext4", "-q", "-F", "-L", "collector-data", str(image)])
+
+
+def mount_data_disk(root: Path) -> Path:
+    """Mount the host's data disk (made first when a host booted before it had one);
+    returns the mount point."""
+    image, mount_point = data_disk(root)
+    if not image.exists():
+        make_data_disk(root)
+    mount_point.mkdir(exist_ok=True)
+    if not os.path.ismount(mount_point):
+        run(["mount", "-o", "loop", str(image), str(mount_point)])
+    return mount_point
+
+
+def unmount_data_disk(root: Path) -> None:
+    """Unmount the data disk if it is mounted (lazily, should something still hold it)."""
+    _, mount_point = data_disk(root)
+    if (os.path.ismount(mount_point)
+            and subprocess.run(["umount", str(mount_point)], check=False).returncode != 0):
+        run(["umount", "--lazy", str(mount_point)])
+
+
+def cut_data_disk(root: Path) -> None:
+    """The disk side of a power cut, for a host whose processes are already dead.
+
+    The copy is taken while the disk is still mounted, so it holds what the block device
+    held: whatever the host wrote without fsync and the kernel had not written back yet is
+    not in it. The original is then unmounted (its late write-back goes to a file that is
+    thrown away) and the copy takes its place; the next boot mounts it (ext4 replays its
+    journal, as after a real cut)."""
+    image, _ = data_disk(root)
+    cut = image.with_name(image.name + ".cut")
+    run(["cp", "--sparse=always", str(image), str(cut)])
+    unmount_data_disk(root)
+    cut.replace(image)
+
+
+def remove_data_disk(root: Path) -> None:
+    image, mount_point = data_disk(root)
+    unmount_data_disk(root)
+    image.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        mount_point.rmdir()
+
+
 def machine_name(root: Path, name: str) -> str:
     """nspawn's name for a host: its lab's name first (`<lab>/hosts/<name>`), so two labs
     booted side by side, each with a `collector1`, never share nspawn's runtime folders."""
@@ -142,12 +209,14 @@ def machine_name(root: Path, name: str) -> str:
 
 def boot(root: Path, name: str, log_path: Path) -> int:
     """Start nspawn in its own session; returns its PID (the thing to SIGTERM later). The
-    host keeps its own name (/etc/hostname) whatever nspawn calls it."""
+    host keeps its own name (/etc/hostname) whatever nspawn calls it, and its data disk is
+    mounted at `DATA_DIR`."""
+    data = mount_data_disk(root)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             ["systemd-nspawn", "-D", str(root), "--boot", "--register=no", "--keep-unit",
              f"--machine={machine_name(root, name)}", f"--hostname={name}",
-             "--console=passive"],
+             f"--bind={data}:{DATA_DIR}", "--console=passive"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
     return process.pid
@@ -176,6 +245,7 @@ def start_host(name: str, hosts_dir: Path, key: Path, image: Path | None = None,
     port = port or free_port()
     root = hosts_dir / name
     prepare_root(image, root, name, port, key.with_name(key.name + ".pub").read_text())
+    make_data_disk(root)
     log_path = hosts_dir / f"{name}.log"
     host = Host(name, port, str(root), boot(root, name, log_path), str(log_path))
     return host
@@ -212,11 +282,12 @@ def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
 
 
 def stop_host(host: Host) -> None:
-    """Power the host off and delete its copy of the image."""
+    """Power the host off and delete its copy of the image and its data disk."""
     stop_pid(host.pid)
     root = Path(host.root)
     # Only ever delete a host folder the lab made (never a path that is not ours).
     if root.name == host.name and (root / "etc" / "ssh" / "sshd_config.d" / "10-lab.conf").exists():
+        remove_data_disk(root)
         shutil.rmtree(root, ignore_errors=True)
 
 

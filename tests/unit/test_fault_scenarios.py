@@ -44,8 +44,11 @@ def test_a_scenario_of_a_lab_of_its_own_chosen_alone_runs_in_the_first_lab() -> 
         "": ["cut-main"]}
 
 
-def test_the_campaign_keeps_the_long_power_cuts_in_labs_of_their_own() -> None:
+def test_the_campaign_keeps_the_long_power_cuts_in_labs_beside_the_first() -> None:
     labs = {scenario.name: scenario.lab for scenario in all_scenarios()}
     assert labs["power-off-secondary"] and labs["power-off-main"]
     assert labs["power-off-secondary"] != labs["power-off-main"]
-    assert sum(1 for lab in labs.values() if not lab) == len(labs) - 2
+    # The other labs take short rows after their long wait; the first lab keeps most rows.
+    counts = {lab: sum(1 for name in labs if labs[name] == lab) for lab in set(labs.values())}
+    assert set(counts) == {"", "b", "c"}
+    assert counts[""] > counts["b"] + counts["c"]

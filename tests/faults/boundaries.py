@@ -1,0 +1,412 @@
+"""Trust boundaries of the reliability campaign: attacks from outside, partial Ansible runs,
+real power cuts and a second stream (SPEC section 7).
+
+Every attack is made the way an outsider would, never through the role's own code:
+
+* `hostile-*`: on a secondary, as its collector account, with its real key
+  (`ssh_identity_file`) and pinned known_hosts, plain `rsync` pushes to the main what a chunk
+  never is: a FIFO and a symlink to `/dev/zero` named like chunks, a symlink leading out of
+  the incoming folder followed by a file through it, a chunk-named file larger than any real
+  chunk. The main's next `process` (bounded by `timeout`, so a hang is a failed row, not a
+  hung suite) must finish, quarantine the entry and publish the hour's real chunks; for the
+  escape, a checksummed listing of everything outside the secondary's folder is the same
+  before and after.
+* `limit-*`: plain `ansible-playbook site.yml --limit <one host>`; what belongs to the hosts
+  outside the play (the main's authorized keys, a secondary's pinned host key) is byte for
+  byte what it was, and the next pushes work.
+* `swap-limited-to-former-main`, `swap-new-main-unreachable`: the inventory moves the main,
+  then site.yml runs limited to the former main, or with the new main's sshd stopped; the
+  former main's incoming chunks and vault must be untouched (checksummed listing); the full
+  run afterwards completes the swap.
+* `power-cut-*`: `Lab.power_off` is a real cut (the host's data disk loses what the kernel had
+  not written back, `tests.lab.nspawn.cut_data_disk`). Right after a secondary's `send`
+  deleted its chunks, the main loses power: every chunk the secondary deleted must be on the
+  main after the boot. A secondary loses power in the middle of a minute: its open chunk's
+  synced lines survive, the rest the other hosts hold. Each cut also drops a canary file
+  written without fsync just before it; the row's note says whether the cut lost it.
+* `second-stream-started`: `collector stream` run by hand beside the service must refuse with
+  one line and leave the service's open chunks alone.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from collector.layout import hour_label
+from tests.faults.scenarios import Lab, Scenario
+
+ZONE = ZoneInfo("CET")  # the lab's inventory keeps the default timezone
+DATA_DIR = "/srv/collector"
+INCOMING = f"{DATA_DIR}/incoming"
+VAULT = f"{DATA_DIR}/vault"
+QUARANTINE = f"{INCOMING}/.quarantine"
+AUTHORIZED_KEYS = "/etc/ssh/authorized_keys/collector"
+PROCESS_TIMEOUT = 120  # seconds; a real hour of the lab is processed in a few
+CANARY = f"{DATA_DIR}/.power-cut-canary"
+# Larger than any real chunk: the main's limit (collector.settings) plus a little.
+OVERSIZE_BYTES = (512 << 20) + (1 << 20)
+
+# Per scenario, what a check found that the counts cannot show (read by verify).
+_findings: dict[str, list[str]] = {}
+_notes: dict[str, list[str]] = {}
+
+
+def _problem(name: str, text: str) -> None:
+    print(f"   PROBLEM: {text}", flush=True)
+    _findings.setdefault(name, []).append(text)
+
+
+def _note(name: str, text: str) -> None:
+    print(f"   {text}", flush=True)
+    _notes.setdefault(name, []).append(text)
+
+
+def _verify(name: str) -> Callable[[Lab], str]:
+    def verify(_: Lab) -> str:
+        return "; ".join(_findings.pop(name, []))
+    return verify
+
+
+def _notes_of(name: str) -> Callable[[], str]:
+    return lambda: "; ".join(_notes.pop(name, []))
+
+
+# ---- pushing from a secondary as an attacker holding its key ---------------------------------
+
+def _rsync_as_secondary(lab: Lab, host: str, prepare: str, rsync_args: str) -> int:
+    """Run `prepare` in a fresh folder on `host`, then plain rsync with the host's own push key
+    to the main as the collector account; returns rsync's exit code. `{remote}` in
+    `rsync_args` is the main's `user@host`."""
+    ssh = (f"ssh -p {lab.setting(host, 'main_port')} -i {lab.setting(host, 'ssh_identity_file')}"
+           f" -o BatchMode=yes -o StrictHostKeyChecking=yes"
+           f" -o UserKnownHostsFile={lab.setting(host, 'ssh_known_hosts_file')}")
+    remote = f"{lab.setting(host, 'main_user') or 'collector'}@{lab.setting(host, 'main_host')}"
+    script = (f"work=$(mktemp -d) && cd $work && {prepare} && chown -R collector $work && "
+              f"runuser -u collector -- rsync -e {shlex.quote(ssh)} "
+              f"{rsync_args.format(remote=remote)}; rc=$?; cd /; rm -rf $work; exit $rc")
+    result = lab.run(host, f"bash -c {shlex.quote(script)}", check=False)
+    last = result.stderr.strip().splitlines()[-1:] or [""]
+    print(f"   plain rsync from {host}: rc {result.returncode} {last[0][:160]}", flush=True)
+    return result.returncode
+
+
+def _hostile_name(server_id: str) -> tuple[str, str, str]:
+    """(day, hour, name) of a chunk name in the current hour that no stream writes: a minute
+    already past, opened at second 59 (a stream only opens mid-minute on a restart)."""
+    moment = datetime.now(UTC) - timedelta(seconds=90)
+    day, hour = hour_label(moment, ZONE)
+    minute = moment.astimezone(ZONE).minute
+    return day, hour, f"{server_id}_{day}_{hour}-{minute:02d}-59.jsonl"
+
+
+def _process_bounded(lab: Lab, name: str, hour: str) -> None:
+    """The main's `process` of the hour, which must end on its own within PROCESS_TIMEOUT."""
+    command = (f"timeout {PROCESS_TIMEOUT} "
+               + lab.fleet.as_collector(f"process --hour {hour} --force"))
+    started = time.monotonic()
+    result = lab.run(lab.main, command, check=False)
+    seconds = time.monotonic() - started
+    if result.returncode == 124:
+        _problem(name, f"process of {hour} did not end within {PROCESS_TIMEOUT} s")
+    elif result.returncode != 0:
+        _problem(name, f"process of {hour} failed (rc {result.returncode}): "
+                       f"{result.stderr.strip().splitlines()[-1:]}")
+    else:
+        print(f"   process of {hour} ended in {seconds:.1f} s", flush=True)
+
+
+def _quarantined(lab: Lab, entry: str) -> bool:
+    listing = lab.run(lab.main, f"find {QUARANTINE} -name {shlex.quote(entry + '*')} 2>/dev/null",
+                      check=False).stdout
+    return bool(listing.strip())
+
+
+def _hostile_chunk(name: str, make: str, rsync_options: str) -> Callable[[Lab], None]:
+    """Push an entry named like a chunk (`make` creates it as `$entry`), then process."""
+    def inject(lab: Lab) -> None:
+        host = lab.secondaries[0]
+        server_id = lab.setting(host, "server_id") or host
+        day, hour, entry = _hostile_name(server_id)
+        prepare = f"mkdir -p {day}/{hour}; entry={day}/{hour}/{entry}; {make}"
+        _rsync_as_secondary(lab, host, prepare, f"{rsync_options} {day} {{remote}}:")
+        _process_bounded(lab, name, f"{day}T{hour}")
+        if not _quarantined(lab, entry):
+            _problem(name, f"{entry} is not in the main's quarantine after process")
+        left = lab.run(lab.main, f"find {INCOMING}/{server_id} -name {shlex.quote(entry)}",
+                       check=False).stdout.strip()
+        if left:
+            _problem(name, f"{entry} is still in the incoming folder after process")
+    return inject
+
+
+# ---- checksummed listings --------------------------------------------------------------------
+
+def _listing(lab: Lab, host: str, roots: list[str], prune: list[str]) -> str:
+    """Every entry under `roots` (but `prune`) with its type, link target and checksum."""
+    pruned = " ".join(f"-path {shlex.quote(path)} -prune -o" for path in prune)
+    command = (f"find {' '.join(roots)} {pruned} -printf '%y %m %u %p -> %l\\n' 2>/dev/null "
+               f"| sort; find {' '.join(roots)} {pruned} -type f -print0 2>/dev/null "
+               f"| sort -z | xargs -0 -r sha256sum")
+    return lab.run(host, command, check=False).stdout
+
+
+def _diff(before: str, after: str) -> str:
+    old, new = set(before.splitlines()), set(after.splitlines())
+    changed = sorted(old ^ new)
+    return "; ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
+
+
+def _escape(lab: Lab) -> None:
+    name = "hostile-symlink-escape"
+    host = lab.secondaries[0]
+    server_id = lab.setting(host, "server_id") or host
+    outside = [VAULT, INCOMING, f"{DATA_DIR}/data", "/etc/collector", "/etc/ssh"]
+    prune = [f"{INCOMING}/{server_id}", f"{DATA_DIR}/data/*/*/*.part",
+             f"{DATA_DIR}/data/.collector"]
+    before = _listing(lab, lab.main, outside, prune)
+    _rsync_as_secondary(lab, host, f"ln -s {VAULT} esc", "-l esc {remote}:")
+    _rsync_as_secondary(lab, host, "mkdir esc; echo evil > esc/evil.txt",
+                        "-R --no-implied-dirs esc/evil.txt {remote}:/")
+    _rsync_as_secondary(lab, host, f"ln -s {DATA_DIR} up", "-l up {remote}:")
+    _rsync_as_secondary(lab, host, "mkdir -p up/vault; echo evil > up/vault/evil2.txt",
+                        "-R --no-implied-dirs up/vault/evil2.txt {remote}:/")
+    after = _listing(lab, lab.main, outside, prune)
+    if before != after:
+        _problem(name, f"outside the secondary's folder, entries changed: {_diff(before, after)}")
+    found = lab.run(lab.main, f"find / -xdev \\( -name evil.txt -o -name evil2.txt \\) "
+                              f"-not -path '{INCOMING}/{server_id}/*' 2>/dev/null; "
+                              f"find {DATA_DIR} \\( -name evil.txt -o -name evil2.txt \\) "
+                              f"-not -path '{INCOMING}/{server_id}/*'", check=False).stdout
+    if found.strip():
+        _problem(name, f"the pushed file landed outside the folder: {found.split()[:3]}")
+    else:
+        _note(name, f"{len(before.splitlines())} entries outside the folder unchanged")
+    day, hour, _ = _hostile_name(server_id)
+    _process_bounded(lab, name, f"{day}T{hour}")
+
+
+# ---- partial Ansible runs ----------------------------------------------------------------------
+
+def _playbook(lab: Lab, log_name: str, *extra: str) -> bool:
+    try:
+        lab.fleet.ansible_playbook("site.yml", *extra, log=lab.fleet.LAB_DIR / log_name)
+    except RuntimeError as error:
+        print(f"   {error}", flush=True)
+        return False
+    return True
+
+
+def _limit_main(lab: Lab) -> None:
+    name = "limit-main"
+    before = lab.run(lab.main, f"sha256sum {AUTHORIZED_KEYS}; grep -c . {AUTHORIZED_KEYS}",
+                     check=False).stdout
+    if not _playbook(lab, "limit-main.log", "--limit", lab.main):
+        _problem(name, f"site.yml --limit {lab.main} failed")
+    after = lab.run(lab.main, f"sha256sum {AUTHORIZED_KEYS}; grep -c . {AUTHORIZED_KEYS}",
+                    check=False).stdout
+    if before != after:
+        _problem(name, f"the main's authorized_keys changed: {before.split()[:1]} -> "
+                       f"{after.split()[:1]}")
+    lab.wait_for_unsent_chunks()
+    lab.send_all(expect_ok=True)
+
+
+def _limit_secondary(lab: Lab) -> None:
+    name = "limit-secondary"
+    host = lab.secondaries[0]
+    known_hosts = lab.setting(host, "ssh_known_hosts_file")
+    before = lab.run(host, f"sha256sum {known_hosts}", check=False).stdout
+    if not _playbook(lab, "limit-secondary.log", "--limit", host):
+        _problem(name, f"site.yml --limit {host} failed")
+    after = lab.run(host, f"sha256sum {known_hosts}", check=False).stdout
+    if before != after or not before:
+        _problem(name, f"{host}'s pinned host key changed or is missing")
+    lab.wait_for_unsent_chunks()
+    lab.send_all(expect_ok=True)
+
+
+# ---- moving the main, partly ---------------------------------------------------------------
+
+def _main_data(lab: Lab, host: str) -> str:
+    return _listing(lab, host, [INCOMING, VAULT], [f"{INCOMING}/.quarantine"])
+
+
+def _other_host(lab: Lab) -> str:
+    return lab.secondaries[0]
+
+
+def _swap_limited(lab: Lab) -> None:
+    name = "swap-limited-to-former-main"
+    former, new = lab.main, _other_host(lab)
+    lab.wait_for_unsent_chunks()
+    lab.send_all(expect_ok=True)
+    before = _main_data(lab, former)
+    lab.fleet.write_inventory(lab.state, new)
+    finished = _playbook(lab, "swap-limited.log", "--limit", former)
+    after = _main_data(lab, former)
+    if not before.strip():
+        _problem(name, f"the former main {former} held no incoming chunks or vault to begin with")
+    elif before != after:
+        _problem(name, f"site.yml --limit {former} changed the former main's data: "
+                       f"{_diff(before, after)}")
+    else:
+        _note(name, f"--limit {former}: {'finished' if finished else 'stopped'}, its "
+                    f"{len(before.splitlines())} entries of incoming and vault untouched")
+    if not _playbook(lab, "swap-limited-full.log"):
+        raise RuntimeError("the full site.yml after the limited one did not finish the swap")
+    lab.main = lab.fleet.main_of_inventory()
+
+
+def _stop_sshd(lab: Lab, host: str) -> None:
+    lab.fleet.nspawn.run(["nsenter", "-t", str(lab.init_pid(host)), "-a",
+                          "systemctl", "stop", "ssh.service", "ssh.socket"])
+
+
+def _start_sshd(lab: Lab, host: str) -> None:
+    lab.fleet.nspawn.run(["nsenter", "-t", str(lab.init_pid(host)), "-a",
+                          "systemctl", "start", "ssh.service"])
+
+
+def _swap_unreachable(lab: Lab) -> None:
+    name = "swap-new-main-unreachable"
+    former, new = lab.main, _other_host(lab)
+    lab.wait_for_unsent_chunks()
+    lab.send_all(expect_ok=True)
+    before = _main_data(lab, former)
+    lab.fleet.write_inventory(lab.state, new)
+    _stop_sshd(lab, new)
+    try:
+        finished = _playbook(lab, "swap-unreachable.log")
+        after = _main_data(lab, former)
+    finally:
+        _start_sshd(lab, new)
+    if before != after:
+        _problem(name, f"with the new main unreachable, the former main's data changed: "
+                       f"{_diff(before, after)}")
+    else:
+        _note(name, f"new main unreachable: site.yml {'finished' if finished else 'stopped'}, "
+                    f"the former main's {len(before.splitlines())} entries untouched")
+    if not _playbook(lab, "swap-unreachable-full.log"):
+        raise RuntimeError("site.yml with the new main reachable again did not finish the swap")
+    lab.main = lab.fleet.main_of_inventory()
+
+
+# ---- real power cuts ---------------------------------------------------------------------------
+
+def _canary(lab: Lab, host: str) -> None:
+    """A file written without fsync just before the cut: a real cut loses it."""
+    lab.run(host, f"echo canary > {CANARY}", check=False)
+
+
+def _canary_note(lab: Lab, name: str, host: str) -> None:
+    kept = lab.run(host, f"test -s {CANARY} && echo kept; rm -f {CANARY}", check=False).stdout
+    _note(name, "the cut " + ("kept" if "kept" in kept else "lost") +
+          " a file written without fsync just before it")
+
+
+def _closed_chunks(lab: Lab, host: str, root: str) -> set[str]:
+    listing = lab.run(host, f"find {root} -path '*/.*' -prune -o -name '*.jsonl' -printf '%f\\n'",
+                      check=False).stdout
+    return set(listing.split())
+
+
+def _cut_main_after_push(lab: Lab) -> None:
+    name = "power-cut-main-after-push"
+    host = lab.secondaries[0]
+    server_id = lab.setting(host, "server_id") or host
+    lab.wait_for_unsent_chunks()
+    before = _closed_chunks(lab, host, lab.setting(host, "data_storage_dst"))
+    if lab.collector(host, "send").returncode != 0:
+        raise RuntimeError(f"send on {host} failed")
+    _canary(lab, lab.main)
+    lab.power_off(lab.main)
+    deleted = before - _closed_chunks(lab, host, lab.setting(host, "data_storage_dst"))
+    lab.power_on(lab.main)
+    on_main = _closed_chunks(lab, lab.main, f"{INCOMING}/{server_id}")
+    missing = sorted(deleted - on_main)
+    if not deleted:
+        _problem(name, f"send on {host} deleted no chunk, so the cut proved nothing")
+    elif missing:
+        _problem(name, f"{len(missing)} chunks {host} deleted after its push are not on the "
+                       f"main after the cut (e.g. {missing[0]})")
+    else:
+        _note(name, f"all {len(deleted)} chunks {host} deleted after its push were on the main "
+                    "after the cut")
+    _canary_note(lab, name, lab.main)
+
+
+def _cut_secondary_mid_minute(lab: Lab) -> None:
+    name = "power-cut-secondary-mid-minute"
+    host = lab.secondaries[0]
+    now = time.time()
+    time.sleep((30 - now % 60) % 60)  # second 30 of a minute: the open chunk is half full
+    _canary(lab, host)
+    lab.power_off(host)
+    lab.power_on(host)
+    _canary_note(lab, name, host)
+
+
+# ---- a second stream on one host ---------------------------------------------------------------
+
+def _part_files(lab: Lab, host: str) -> str:
+    root = lab.setting(host, "data_storage_dst")
+    return lab.run(host, f"find {root} -name '*.part' | sort", check=False).stdout
+
+
+def _second_stream(lab: Lab) -> None:
+    name = "second-stream-started"
+    host = lab.main
+    parts = _part_files(lab, host)
+    result = lab.run(host, f"timeout 60 {lab.fleet.as_collector('stream')}", check=False)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    if result.returncode in (0, 124):
+        _problem(name, f"a second stream did not refuse (rc {result.returncode})")
+    elif len(lines) != 1 or "Traceback" in result.stderr:
+        _problem(name, f"the refusal is not one line: {lines[:3]}")
+    else:
+        _note(name, f"refused: {lines[0][:120]}")
+    if _part_files(lab, host) != parts:
+        _problem(name, "the service's open chunks changed while the second stream ran")
+
+
+def _row(name: str, description: str, inject: Callable[[Lab], None], lab: str,
+         reconnects: Callable[[Lab], list[str]] = lambda lab: []) -> Scenario:
+    """A scenario whose checks report through `_problem` and `_note` under its name."""
+    return Scenario(name, f"§7: {description}", inject, verify=_verify(name),
+                    notes=_notes_of(name), reconnects=reconnects, lab=lab)
+
+
+def scenarios() -> list[Scenario]:
+    def hostile(name: str, description: str, make: str, options: str) -> Scenario:
+        return _row(name, description, _hostile_chunk(name, make, options), "b")
+
+    return [
+        hostile("hostile-fifo", "a FIFO named like a chunk pushed with a secondary's key "
+                "(`rsync -rl --specials`)", "mkfifo $entry", "-rl --specials"),
+        hostile("hostile-symlink-devzero", "a chunk-named symlink to /dev/zero pushed with a "
+                "secondary's key (`rsync -rl`)", "ln -s /dev/zero $entry", "-rl"),
+        _row("hostile-symlink-escape", "a symlink out of the incoming folder, then files "
+             "pushed through it (`rsync -R --no-implied-dirs`)", _escape, "b"),
+        hostile("hostile-oversize", f"a chunk-named file larger than any real chunk "
+                f"({OVERSIZE_BYTES >> 20} MiB, sparse) pushed with a secondary's key",
+                f"truncate -s {OVERSIZE_BYTES} $entry", "-r --sparse"),
+        _row("second-stream-started", "`collector stream` started by hand beside the running "
+             "service", _second_stream, "b"),
+        _row("power-cut-main-after-push", "a real power cut of the main right after a "
+             "secondary's push (what was not written back is lost)", _cut_main_after_push,
+             "b", reconnects=lambda lab: [lab.main]),
+        _row("power-cut-secondary-mid-minute", "a real power cut of a secondary in the middle "
+             "of a minute", _cut_secondary_mid_minute, "b",
+             reconnects=lambda lab: [lab.secondaries[0]]),
+        _row("limit-main", "`site.yml --limit <the main>`", _limit_main, "c"),
+        _row("limit-secondary", "`site.yml --limit <a secondary>`", _limit_secondary, "c"),
+        _row("swap-limited-to-former-main", "the main moved in the inventory, site.yml "
+             "limited to the former main, then run in full", _swap_limited, "c"),
+        _row("swap-new-main-unreachable", "the main moved in the inventory while the new "
+             "main's sshd is stopped, then site.yml again once it is back", _swap_unreachable,
+             "c"),
+    ]
