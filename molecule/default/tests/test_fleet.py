@@ -95,9 +95,20 @@ def test_authorized_keys_are_root_owned_and_forced(host: Any) -> None:
     assert (keys.user, keys.mode) == ("root", 0o644)
     lines = [line for line in keys.content_string.splitlines()
              if line and not line.startswith("#")]
-    assert lines
+    # One forced, restricted line per secondary, ending with its server id (the swap and the
+    # `--limit` runs of side_effect.yml came before: none was dropped or blanked).
+    secondaries = host.ansible.get_variables()["groups"]["secondary"]
+    assert sorted(line.split()[-1] for line in lines) == sorted(secondaries)
     for line in lines:
-        assert line.startswith('restrict,command="/usr/bin/rrsync -wo /srv/collector/incoming/')
+        assert line.startswith('restrict,command="')
+        assert line.split()[-3].startswith(("ssh-", "ecdsa-", "sk-"))
+
+
+def test_no_copy_of_a_handover_left(host: Any) -> None:
+    # The swap's archive and manifest (tweet texts) are gone once the new main verified them.
+    for path in ("/var/tmp/collector-handover", "/var/tmp/collector-handover.tgz",
+                 "/etc/ssh/authorized_keys/collector.handover"):
+        assert not host.file(path).exists, path
 
 
 def test_confined_key_refuses_a_shell(host: Any) -> None:
