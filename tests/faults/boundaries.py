@@ -9,15 +9,17 @@ Every attack is made the way an outsider would, never through the role's own cod
   the incoming folder followed by a file through it, a chunk-named file larger than any real
   chunk. The main's next `process` (bounded by `timeout`, so a hang is a failed row, not a
   hung suite) must finish, quarantine the entry and publish the hour's real chunks; for the
-  escape, a checksummed listing of everything outside the secondary's folder is the same
-  before and after.
+  escape, a checksummed listing of the vault, the other incoming folders, /etc/collector and
+  /etc/ssh is the same before and after, and no pushed file exists anywhere outside the
+  secondary's folder.
 * `limit-*`: plain `ansible-playbook site.yml --limit <one host>`; what belongs to the hosts
   outside the play (the main's authorized keys, a secondary's pinned host key) is byte for
   byte what it was, and the next pushes work.
 * `swap-limited-to-former-main`, `swap-new-main-unreachable`: the inventory moves the main,
-  then site.yml runs limited to the former main, or with the new main's sshd stopped; the
-  former main's incoming chunks and vault must be untouched (checksummed listing); the full
-  run afterwards completes the swap.
+  then site.yml runs limited to the former main, or with the new main unreachable (its sshd
+  stopped and every open session killed, Ansible's persistent ones included); the former
+  main's incoming chunks and vault must be untouched (checksummed listing); the full run
+  afterwards completes the swap.
 * `power-cut-*`: `Lab.power_off` is a real cut (the host's data disk loses what the kernel had
   not written back, `tests.lab.nspawn.cut_data_disk`). Right after a secondary's `send`
   deleted its chunks, the main loses power: every chunk the secondary deleted must be on the
@@ -30,9 +32,11 @@ Every attack is made the way an outsider would, never through the role's own cod
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -94,17 +98,19 @@ def _rsync_as_secondary(lab: Lab, host: str, prepare: str, rsync_args: str) -> i
     return result.returncode
 
 
-def _hostile_name(server_id: str) -> tuple[str, str, str]:
+def _hostile_name(server_id: str, second: int = 59) -> tuple[str, str, str]:
     """(day, hour, name) of a chunk name in the current hour that no stream writes: a minute
-    already past, opened at second 59 (a stream only opens mid-minute on a restart)."""
+    already past, opened at `second` (a stream only opens mid-minute on a restart; each
+    scenario takes its own second, so two of them in one minute never share a name)."""
     moment = datetime.now(UTC) - timedelta(seconds=90)
     day, hour = hour_label(moment, ZONE)
     minute = moment.astimezone(ZONE).minute
-    return day, hour, f"{server_id}_{day}_{hour}-{minute:02d}-59.jsonl"
+    return day, hour, f"{server_id}_{day}_{hour}-{minute:02d}-{second:02d}.jsonl"
 
 
-def _process_bounded(lab: Lab, name: str, hour: str) -> None:
-    """The main's `process` of the hour, which must end on its own within PROCESS_TIMEOUT."""
+def _process_bounded(lab: Lab, name: str, hour: str) -> float:
+    """The main's `process` of the hour, which must end on its own within PROCESS_TIMEOUT;
+    returns how long it took."""
     command = (f"timeout {PROCESS_TIMEOUT} "
                + lab.fleet.as_collector(f"process --hour {hour} --force"))
     started = time.monotonic()
@@ -117,25 +123,32 @@ def _process_bounded(lab: Lab, name: str, hour: str) -> None:
                        f"{result.stderr.strip().splitlines()[-1:]}")
     else:
         print(f"   process of {hour} ended in {seconds:.1f} s", flush=True)
+    return seconds
 
 
-def _quarantined(lab: Lab, entry: str) -> bool:
-    listing = lab.run(lab.main, f"find {QUARANTINE} -name {shlex.quote(entry + '*')} 2>/dev/null",
-                      check=False).stdout
-    return bool(listing.strip())
+def _quarantined(lab: Lab, entry: str) -> str:
+    """The entry's type in the main's quarantine (`find -printf %y`), "" if it is not there."""
+    listing = lab.run(lab.main, f"find {QUARANTINE} -name {shlex.quote(entry + '.*')} "
+                      "-printf '%y\\n' 2>/dev/null", check=False).stdout
+    return " ".join(listing.split())
 
 
-def _hostile_chunk(name: str, make: str, rsync_options: str) -> Callable[[Lab], None]:
+def _hostile_chunk(name: str, make: str, rsync_options: str,
+                   second: int) -> Callable[[Lab], None]:
     """Push an entry named like a chunk (`make` creates it as `$entry`), then process."""
     def inject(lab: Lab) -> None:
         host = lab.secondaries[0]
         server_id = lab.setting(host, "server_id") or host
-        day, hour, entry = _hostile_name(server_id)
+        day, hour, entry = _hostile_name(server_id, second)
         prepare = f"mkdir -p {day}/{hour}; entry={day}/{hour}/{entry}; {make}"
         _rsync_as_secondary(lab, host, prepare, f"{rsync_options} {day} {{remote}}:")
-        _process_bounded(lab, name, f"{day}T{hour}")
-        if not _quarantined(lab, entry):
+        seconds = _process_bounded(lab, name, f"{day}T{hour}")
+        kind = _quarantined(lab, entry)
+        if not kind:
             _problem(name, f"{entry} is not in the main's quarantine after process")
+        else:
+            _note(name, f"the entry (find type {kind}) quarantined by a process run of "
+                        f"{seconds:.1f} s")
         left = lab.run(lab.main, f"find {INCOMING}/{server_id} -name {shlex.quote(entry)}",
                        check=False).stdout.strip()
         if left:
@@ -164,9 +177,9 @@ def _escape(lab: Lab) -> None:
     name = "hostile-symlink-escape"
     host = lab.secondaries[0]
     server_id = lab.setting(host, "server_id") or host
-    outside = [VAULT, INCOMING, f"{DATA_DIR}/data", "/etc/collector", "/etc/ssh"]
-    prune = [f"{INCOMING}/{server_id}", f"{DATA_DIR}/data/*/*/*.part",
-             f"{DATA_DIR}/data/.collector"]
+    # The main's own chunks change as its stream writes; the find below covers them.
+    outside = [VAULT, INCOMING, "/etc/collector", "/etc/ssh"]
+    prune = [f"{INCOMING}/{server_id}"]
     before = _listing(lab, lab.main, outside, prune)
     _rsync_as_secondary(lab, host, f"ln -s {VAULT} esc", "-l esc {remote}:")
     _rsync_as_secondary(lab, host, "mkdir esc; echo evil > esc/evil.txt",
@@ -239,60 +252,49 @@ def _other_host(lab: Lab) -> str:
     return lab.secondaries[0]
 
 
-def _swap_limited(lab: Lab) -> None:
-    name = "swap-limited-to-former-main"
-    former, new = lab.main, _other_host(lab)
-    lab.wait_for_unsent_chunks()
-    lab.send_all(expect_ok=True)
-    before = _main_data(lab, former)
-    lab.fleet.write_inventory(lab.state, new)
-    finished = _playbook(lab, "swap-limited.log", "--limit", former)
-    after = _main_data(lab, former)
-    if not before.strip():
-        _problem(name, f"the former main {former} held no incoming chunks or vault to begin with")
-    elif before != after:
-        _problem(name, f"site.yml --limit {former} changed the former main's data: "
-                       f"{_diff(before, after)}")
-    else:
-        _note(name, f"--limit {former}: {'finished' if finished else 'stopped'}, its "
-                    f"{len(before.splitlines())} entries of incoming and vault untouched")
-    if not _playbook(lab, "swap-limited-full.log"):
-        raise RuntimeError("the full site.yml after the limited one did not finish the swap")
-    lab.main = lab.fleet.main_of_inventory()
-
-
-def _stop_sshd(lab: Lab, host: str) -> None:
-    lab.fleet.nspawn.run(["nsenter", "-t", str(lab.init_pid(host)), "-a",
-                          "systemctl", "stop", "ssh.service", "ssh.socket"])
-
-
-def _start_sshd(lab: Lab, host: str) -> None:
-    lab.fleet.nspawn.run(["nsenter", "-t", str(lab.init_pid(host)), "-a",
-                          "systemctl", "start", "ssh.service"])
-
-
-def _swap_unreachable(lab: Lab) -> None:
-    name = "swap-new-main-unreachable"
-    former, new = lab.main, _other_host(lab)
-    lab.wait_for_unsent_chunks()
-    lab.send_all(expect_ok=True)
-    before = _main_data(lab, former)
-    lab.fleet.write_inventory(lab.state, new)
-    _stop_sshd(lab, new)
+@contextlib.contextmanager
+def _unreachable(lab: Lab, host: str) -> Iterator[None]:
+    """The host cannot be reached over SSH meanwhile: sshd stopped and every open session
+    killed, including the master connections Ansible keeps open (ControlPersist), which
+    would otherwise still reach it. Its stream keeps running."""
+    nsenter = ["nsenter", "-t", str(lab.init_pid(host)), "-a"]
+    lab.fleet.nspawn.run([*nsenter, "sh", "-c", "systemctl stop ssh.service ssh.socket; "
+                          "pkill -KILL -x sshd; true"])
     try:
-        finished = _playbook(lab, "swap-unreachable.log")
-        after = _main_data(lab, former)
+        yield
     finally:
-        _start_sshd(lab, new)
-    if before != after:
-        _problem(name, f"with the new main unreachable, the former main's data changed: "
-                       f"{_diff(before, after)}")
-    else:
-        _note(name, f"new main unreachable: site.yml {'finished' if finished else 'stopped'}, "
-                    f"the former main's {len(before.splitlines())} entries untouched")
-    if not _playbook(lab, "swap-unreachable-full.log"):
-        raise RuntimeError("site.yml with the new main reachable again did not finish the swap")
-    lab.main = lab.fleet.main_of_inventory()
+        lab.fleet.nspawn.run([*nsenter, "systemctl", "start", "ssh.service"])
+
+
+def _partial_swap(name: str, how: str, limit_to_former: bool = False,
+                  meanwhile: Callable[[Lab, str], AbstractContextManager[None]] | None = None,
+                  ) -> Callable[[Lab], None]:
+    """Move the main in the inventory and run site.yml in a way that cannot complete the
+    handover (limited to the former main, or with `meanwhile` done to the new main): the
+    former main's incoming chunks and vault must be untouched. A full run afterwards must
+    complete the swap."""
+    def inject(lab: Lab) -> None:
+        former, new = lab.main, _other_host(lab)
+        lab.wait_for_unsent_chunks()
+        lab.send_all(expect_ok=True)
+        before = _main_data(lab, former)
+        lab.fleet.write_inventory(lab.state, new)
+        with meanwhile(lab, new) if meanwhile else contextlib.nullcontext():
+            limit = ("--limit", former) if limit_to_former else ()
+            finished = _playbook(lab, f"{name}.log", *limit)
+            after = _main_data(lab, former)
+        if not before.strip():
+            _problem(name, f"the former main {former} held no incoming chunks or vault")
+        elif before != after:
+            _problem(name, f"{how}: the former main's data changed: {_diff(before, after)}")
+        else:
+            _note(name, f"{how}: site.yml {'finished' if finished else 'stopped'}, the former "
+                        f"main's {len(before.splitlines())} entries of incoming and vault "
+                        "untouched")
+        if not _playbook(lab, f"{name}-full.log"):
+            raise RuntimeError("the full site.yml afterwards did not finish the swap")
+        lab.main = lab.fleet.main_of_inventory()
+    return inject
 
 
 # ---- real power cuts ---------------------------------------------------------------------------
@@ -381,19 +383,20 @@ def _row(name: str, description: str, inject: Callable[[Lab], None], lab: str,
 
 
 def scenarios() -> list[Scenario]:
-    def hostile(name: str, description: str, make: str, options: str) -> Scenario:
-        return _row(name, description, _hostile_chunk(name, make, options), "b")
+    def hostile(name: str, description: str, make: str, options: str,
+                second: int) -> Scenario:
+        return _row(name, description, _hostile_chunk(name, make, options, second), "b")
 
     return [
         hostile("hostile-fifo", "a FIFO named like a chunk pushed with a secondary's key "
-                "(`rsync -rl --specials`)", "mkfifo $entry", "-rl --specials"),
+                "(`rsync -rl --specials`)", "mkfifo $entry", "-rl --specials", 59),
         hostile("hostile-symlink-devzero", "a chunk-named symlink to /dev/zero pushed with a "
-                "secondary's key (`rsync -rl`)", "ln -s /dev/zero $entry", "-rl"),
+                "secondary's key (`rsync -rl`)", "ln -s /dev/zero $entry", "-rl", 58),
         _row("hostile-symlink-escape", "a symlink out of the incoming folder, then files "
              "pushed through it (`rsync -R --no-implied-dirs`)", _escape, "b"),
         hostile("hostile-oversize", f"a chunk-named file larger than any real chunk "
                 f"({OVERSIZE_BYTES >> 20} MiB, sparse) pushed with a secondary's key",
-                f"truncate -s {OVERSIZE_BYTES} $entry", "-r --sparse"),
+                f"truncate -s {OVERSIZE_BYTES} $entry", "-r --sparse", 57),
         _row("second-stream-started", "`collector stream` started by hand beside the running "
              "service", _second_stream, "b"),
         _row("power-cut-main-after-push", "a real power cut of the main right after a "
@@ -405,8 +408,11 @@ def scenarios() -> list[Scenario]:
         _row("limit-main", "`site.yml --limit <the main>`", _limit_main, "c"),
         _row("limit-secondary", "`site.yml --limit <a secondary>`", _limit_secondary, "c"),
         _row("swap-limited-to-former-main", "the main moved in the inventory, site.yml "
-             "limited to the former main, then run in full", _swap_limited, "c"),
+             "limited to the former main, then run in full",
+             _partial_swap("swap-limited-to-former-main", "--limit <the former main>",
+                           limit_to_former=True), "c"),
         _row("swap-new-main-unreachable", "the main moved in the inventory while the new "
-             "main's sshd is stopped, then site.yml again once it is back", _swap_unreachable,
-             "c"),
+             "main's sshd is stopped, then site.yml again once it is back",
+             _partial_swap("swap-new-main-unreachable", "the new main unreachable",
+                           meanwhile=_unreachable), "c"),
     ]

@@ -62,6 +62,16 @@ def test_owners_and_modes(host: Any, path: str, owner: str, group: str, mode: in
     assert (target.user, target.group, target.mode) == (owner, group, mode)
 
 
+def test_incoming_is_roots_and_only_the_quarantine_is_the_collectors(host: Any) -> None:
+    # A key pushes into its own folder only; process moves rejects to a folder no key reaches.
+    if not is_main(host):
+        pytest.skip("the receiving side is on the main")
+    incoming = host.file("/srv/collector/incoming")
+    quarantine = host.file("/srv/collector/incoming/.quarantine")
+    assert (incoming.user, incoming.mode) == ("root", 0o750)
+    assert (quarantine.user, quarantine.group, quarantine.mode) == ("collector", "collector", 0o700)
+
+
 def test_settings_match_the_role(host: Any) -> None:
     settings = settings_of(host)
     assert settings["role"] == ("main" if is_main(host) else "secondary")
