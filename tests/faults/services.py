@@ -148,7 +148,9 @@ def _due_upload(name: str) -> Step:
         lab.wait_for_closed_chunk([lab.main], lab.last_ended(lab.main, "process"))
         for host in lab.secondaries:
             lab.collector(host, "send")
-        hour = lab.run(lab.main, "TZ=CET date +%Y-%m-%dT%H").stdout.strip()
+        # The hour of that chunk, not of the clock: just after :00 the clock's hour has no
+        # closed chunk yet.
+        hour = _newest_closed_hour(lab, lab.main)
         result = lab.collector(lab.main, f"process --hour {hour} --force")
         if result.returncode != 0:
             _problem(name, f"setup: process {hour} failed: {result.stderr.strip()[-200:]}")
@@ -157,6 +159,15 @@ def _due_upload(name: str) -> Step:
         if not due:
             _problem(name, "setup: nothing was due for upload, the fault tested nothing")
     return setup
+
+
+def _newest_closed_hour(lab: Lab, host: str) -> str:
+    """`YYYY-mm-ddTHH` of the hour folder holding the host's newest closed chunk."""
+    folder = shlex.quote(lab.setting(host, "data_storage_dst"))
+    newest = lab.run(host, f"find {folder} -path '*/.*' -prune -o -name '*.jsonl' "
+                     "-printf '%T@ %h\\n' | sort -n | tail -1").stdout.split()
+    day, hour = newest[-1].split("/")[-2:]
+    return f"{day}T{hour}"
 
 
 def _failing_cycles(lab: Lab) -> None:
