@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := jq xz-utils rsync openssh-server openssh-client debootstrap systemd-container openssl
+DEBIAN_PACKAGES := jq xz-utils rsync openssh-server openssh-client debootstrap systemd-container openssl e2fsprogs mount
 LAB_SECONDS ?= 60
 
 .PHONY: all deps venv lint test unit integration bench bench-stream bench-process lab lab-down lab-status lab-local wheelhouse ansible-lint molecule faults clean
