@@ -8,6 +8,7 @@ stricter) and are read only by the command that needs them, never kept in `Setti
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -88,6 +89,37 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+@dataclass(frozen=True)
+class ReplicaTarget:
+    """One host the main replicates to (`collector replicate`): its id and its sshd."""
+
+    server_id: str
+    host: str
+    port: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.server_id}@{self.host}:{self.port}"
+
+
+_REPLICA = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<host>[A-Za-z0-9.:_-]+?)"
+                      r"(?::(?P<port>[0-9]{1,5}))?$")
+
+
+def _replica_targets(value: str) -> tuple[ReplicaTarget, ...]:
+    """`server_id@host[:port],...` (port 22 when left out); every id at most once."""
+    targets = []
+    for item in _comma_list(value):
+        match = _REPLICA.match(item)
+        port = int(match["port"] or 22) if match else 0
+        if match is None or not 1 <= port <= 65535:
+            raise ValueError(f"entry {item!r} is not server_id@host[:port]")
+        targets.append(ReplicaTarget(match["id"], match["host"], port))
+    if len({t.server_id for t in targets}) != len(targets):
+        raise ValueError("lists a server id twice")
+    return tuple(targets)
+
+
 def _comma_list(value: str) -> tuple[str, ...]:
     items = tuple(item.strip() for item in value.split(",") if item.strip())
     if not items:
@@ -133,7 +165,13 @@ _KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "max_chunk_mb": (_int_between(1, 65536), str(DEFAULT_MAX_CHUNK_MB)),
     "ssh_identity_file": (_path, ""),
     "ssh_known_hosts_file": (_path, ""),
+    # Every host: where the copies the main replicates to this host land (collector.replicate).
+    "replica_dst": (_path, ""),
+    # Main: the hosts it replicates its own chunks, departed servers' chunks and its vault to.
+    "replicas": (_replica_targets, ""),
 }
+# What an empty value of a key means, where it is not "" (paths: None).
+_EMPTY: dict[str, Any] = {"replicas": ()}
 
 # Keys that are required only for one role or when a feature is switched on.
 _MAIN_ONLY = ("data_vault_dst", "incoming_dst")
@@ -179,6 +217,8 @@ class Settings:
     max_chunk_mb: int
     ssh_identity_file: Path | None
     ssh_known_hosts_file: Path | None
+    replica_dst: Path | None
+    replicas: tuple[ReplicaTarget, ...]
 
     @property
     def is_main(self) -> bool:
@@ -239,7 +279,7 @@ def settings_from_mapping(raw: Mapping[str, str], source: Path) -> Settings:
             )
             if required_here:
                 raise SettingsError(f"{source}: missing required key {key} (needed on a {role})")
-            parsed[key] = None if parser is _path else ""
+            parsed[key] = _EMPTY.get(key, None if parser is _path else "")
             continue
         try:
             parsed[key] = parser(value)
@@ -256,6 +296,9 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError(f"{source}: server_id {settings.server_id} is not listed in servers")
     if len(set(settings.servers)) != len(settings.servers):
         raise SettingsError(f"{source}: servers lists a server id twice")
+    if any(target.server_id == settings.server_id for target in settings.replicas):
+        raise SettingsError(f"{source}: replicas names this host ({settings.server_id}); "
+                            "a copy on the same disk is no second copy")
     if settings.is_main and settings.osf_enabled:
         if not settings.osf_project:
             raise SettingsError(f"{source}: missing required key osf_project (osf_enabled=True)")

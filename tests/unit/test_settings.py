@@ -28,6 +28,16 @@ def test_defaults_and_types(write_settings: SettingsWriter) -> None:
     assert settings.osf_enabled is True and settings.notifications is False
     assert settings.api_base_url == "http://127.0.0.1:9"
     assert settings.state_dir == settings.data_storage_dst / ".collector"
+    assert settings.replica_dst is None and settings.replicas == ()
+
+
+def test_replica_targets(write_settings: SettingsWriter) -> None:
+    settings = load_settings(write_settings(replicas="srv2@127.0.0.1:2202, srv3@backup.example",
+                                            servers="srv1,srv2,srv3",
+                                            replica_dst="/srv/collector/replica"))
+    assert [t.label for t in settings.replicas] == ["srv2@127.0.0.1:2202",
+                                                    "srv3@backup.example:22"]
+    assert settings.replica_dst == Path("/srv/collector/replica")
 
 
 @pytest.mark.parametrize(
@@ -49,6 +59,14 @@ def test_defaults_and_types(write_settings: SettingsWriter) -> None:
         ({"notifications": "True"},
          "missing required key email_credentials_dst (notifications=True)"),
         ({"role": "main"}, "missing required key data_vault_dst (needed on a main)"),
+        ({"replicas": "srv2@10.0.0.2:99999"},
+         "replicas='srv2@10.0.0.2:99999' entry 'srv2@10.0.0.2:99999' is not "
+         "server_id@host[:port]"),
+        ({"replicas": "10.0.0.2"}, "replicas='10.0.0.2' entry '10.0.0.2' is not "
+                                   "server_id@host[:port]"),
+        ({"replicas": "srv2@a,srv2@b"}, "replicas='srv2@a,srv2@b' lists a server id twice"),
+        ({"replicas": "srv1@127.0.0.1"},
+         "replicas names this host (srv1); a copy on the same disk is no second copy"),
     ],
 )
 def test_bad_settings_name_key_and_file(
