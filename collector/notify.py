@@ -32,6 +32,10 @@ PROCESS_FAILING = "process_failing"
 ENTRIES_QUARANTINED = "entries_quarantined"
 SEND_FAILING = "send_failing"
 SEND_CONFLICT = "send_conflict"
+# The main could not copy its data to a secondary (collector.replicate).
+REPLICATE_FAILING = "replicate_failing"
+# Re-merging an hour would have published fewer ids than its outputs hold (collector.process).
+FEWER_IDS = "fewer_ids"
 
 
 class Notifier(Protocol):

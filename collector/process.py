@@ -153,6 +153,30 @@ def sources(settings: Settings) -> list[Source]:
     return found
 
 
+# A server id as the role writes it (an inventory name); anything else in incoming_dst is
+# not a server's folder.
+_SERVER_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def departed_server_ids(settings: Settings) -> list[str]:
+    """Servers no longer in `servers` whose incoming folder on this main still exists, sorted.
+
+    A host removed from the fleet (destroyed, or retired) leaves chunks here until retention
+    removes them: they are still merged (an hour is never published with fewer ids than
+    before) and replicated like the main's own (`collector.replicate`), since the host that
+    held the other copy is gone. Dot folders (`.quarantine`) are never a server's.
+    """
+    if settings.incoming_dst is None:
+        return []
+    try:
+        names = [entry.name for entry in os.scandir(settings.incoming_dst)
+                 if entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names
+                  if _SERVER_FOLDER.match(name) and name not in settings.servers)
+
+
 @dataclass
 class Scan:
     """What the chunk folders hold: chunks by hour, and the entries to quarantine."""
