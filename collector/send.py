@@ -1,33 +1,43 @@
-"""`collector send`: push a secondary's closed chunks to the main with rsync over SSH.
+"""`collector send`: push a secondary's closed chunks to the main with rsync over SSH, keep them.
 
-Guarantees, and how they are kept:
+Guarantees, and how they are kept (the rsync/ssh machinery is shared with `collector
+replicate` and lives in `collector.push`):
 
 * The main never sees a half chunk: rsync writes each file as `.<name>.XXXXXX` in the target
   folder and renames it when complete. That temporary name starts with a dot and does not end
   in `.jsonl`, so it never matches `layout.CHUNK_NAME` and the main's processing skips it; a
   killed transfer leaves at most such a dot file, never a short file under a chunk name.
-* A local chunk is deleted only once the main holds it whole on stable storage. Every rsync
-  session ends in the main's forced command (`collector receive`, see `collector.receive`),
-  which syncs the incoming filesystem after rsync and exits non-zero if that fails; the rsync
-  client then fails the session (verified with rsync 3.2.7 and 3.5.0). So no pass deletes
-  anything itself (the receiver's `-no-del` would refuse `--remove-source-files` anyway):
-  pass 1 pushes the new chunks, pass 2 compares every chunk with the main's copy by checksum,
-  and only when both sessions have succeeded are the chunks the main holds byte-identical
-  deleted here, by this process, and only if their size and mtime did not change meanwhile.
-  Any failure before that point deletes nothing.
+* A chunk counts as on the main only once the main holds it whole on stable storage. Every
+  rsync session ends in the main's forced command (`collector receive`, see
+  `collector.receive`), which syncs the incoming filesystem after rsync and exits non-zero if
+  that fails; the rsync client then fails the session (verified with rsync 3.2.7 and 3.5.0).
+  Pass 1 pushes the chunks not yet confirmed, pass 2 compares them with the main's copy by
+  checksum, and only when both sessions succeeded are the chunks the main holds
+  byte-identical recorded as confirmed (`state_dir/send_ledger.json`, `{"main":
+  "<user@host:port>", "chunks": {"day/HH/name": [size, mtime_ns]}}`), and only if their size
+  and mtime did not change meanwhile. Any failure before that point records nothing.
+* Two copies until published (SPEC section 7): a confirmed chunk is NOT deleted. It stays
+  here as the second copy until its hour ended more than `raw_retention_days` ago, and only
+  then is removed, if it is confirmed on the current main (`collector.retention`). The
+  ledger is keyed by the main's label: after a main swap or a promotion the old record
+  counts for nothing, so every kept chunk is offered to the new main again (what it already
+  holds is only compared, counted as `already_on_main`).
 * Nothing on the main is ever overwritten. New chunks go with `--ignore-existing`; a chunk
   whose name already exists there is only compared (dry run): identical (a previous run was
-  cut off before it could confirm) -> deleted here and counted as `already_on_main`;
-  different -> kept here, reported as a conflict and alerted, for a human to decide (two hosts
+  cut off before it could confirm) -> recorded, counted as `already_on_main`; different ->
+  kept here unconfirmed, reported as a conflict and alerted, for a human to decide (two hosts
   with the same server_id, a restored backup...). Both versions survive. A chunk pass 1 sent
-  but pass 2 does not find on the main (removed there meanwhile) is kept and sent again.
+  but pass 2 does not find on the main (removed there meanwhile) is sent again next run.
 * Open chunks (`.part`), stray files and the hidden `.collector/` state folder are never
   listed, because only the names `iter_closed_chunks` yields are handed to rsync.
 * An unreachable main, a refused key, a changed host key, an rsync error, a receiver that
-  could not sync, or a timeout end the run with one `RemoteError` line; every chunk stays
-  here for the next run (whatever reached the main is confirmed and deleted by a later run).
-  `send_state.json` counts consecutive failures (read by `collector status`) and the team is
-  alerted on the third, then once a day while it lasts.
+  could not sync, or a timeout end the run with one `RemoteError` line; nothing new is
+  recorded (whatever reached the main is confirmed by a later run). `send_state.json`
+  counts consecutive failures (read by `collector status`) and the team is alerted on the
+  third, then once a day while it lasts. Retention still runs: it only ever removes chunks
+  an earlier run confirmed.
+* This host's replica store (`replica_dst`, what the main replicates here) is pruned by the
+  same hourly run (`collector.retention.prune_replica_store`); the vault copy never is.
 
 On the main, each secondary's key may only run `collector receive <incoming_dst>/<server_id>`,
 which runs `rrsync -wo -munge -no-del` on that folder (`authorized_keys_line` renders the
@@ -42,12 +52,8 @@ import fcntl
 import json
 import logging
 import os
-import re
-import shlex
-import signal
-import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,28 +62,66 @@ from collector.errors import CredentialsError, LockedError, RemoteError, Setting
 from collector.layout import hour_label, iter_closed_chunks
 from collector.notify import SEND_CONFLICT, SEND_FAILING, Notifier, make_notifier
 from collector.outputs import write_bytes_atomic
+from collector.push import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IO_TIMEOUT,
+    DEFAULT_RUN_TIMEOUT,
+    MAIN,
+    PUSH_NEW,
+    UNSAFE_IN_PATH,
+    VERIFY,
+    ConfirmedLedger,
+    Pushed,
+    PushTarget,
+    RsyncFailed,
+    Runner,
+    Stamp,
+    describe_failure,
+    file_stamp,
+    parse_verify_output,
+    push_and_verify,
+    rsync_command,
+)
+from collector.retention import delete_kept_chunks, plan_kept_deletions, prune_replica_store
 from collector.settings import Settings
+
+# Re-exported: tests and the role's tests import them from here.
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_IO_TIMEOUT",
+    "DEFAULT_RUN_TIMEOUT",
+    "PUSH_NEW",
+    "VERIFY",
+    "PushTarget",
+    "SendConflictError",
+    "SendResult",
+    "SendState",
+    "authorized_keys_line",
+    "describe_failure",
+    "load_send_state",
+    "parse_verify_output",
+    "push_target",
+    "restricted_key_line",
+    "rsync_command",
+    "send",
+]
 
 log = logging.getLogger("collector.send")
 
 STATE_FILE = "send_state.json"
+# What the current main confirmed (see the module docstring); `collector status` reads it too.
+LEDGER_FILE = "send_ledger.json"
 LOCK_FILE = "send.lock"
 # Where the role installs the `collector` entry point on every host (`_collector_bin`).
 DEFAULT_COLLECTOR_BIN = Path("/opt/collector/venv/bin/collector")
 
-# Whole run (all rsync passes) must end within this; cron starts the next run an hour later.
-DEFAULT_RUN_TIMEOUT = 1800.0
-# rsync gives up when no data moves for this long (a stalled link, a hung main).
-DEFAULT_IO_TIMEOUT = 120
-DEFAULT_CONNECT_TIMEOUT = 20
 # Alert on the third failed run in a row, then every 24th (once a day with an hourly cron).
 ALERT_AFTER_FAILURES = 3
 REALERT_EVERY = 24
 # Hour folders this close to now are never pruned: the stream may be about to write there.
 PRUNE_MARGIN_SECONDS = 300.0
 
-# Characters that would break the `command="..."` option or the `-e` string rsync parses.
-_UNSAFE_IN_PATH = re.compile(r"[\s\"'\\]")
+_UNSAFE_IN_PATH = UNSAFE_IN_PATH
 
 
 # ---- the main's side: the one rendering of the restricted key line ----------------------------
@@ -94,9 +138,24 @@ def authorized_keys_line(incoming_dst: Path, server_id: str, public_key: str,
     The key's own comment is replaced by the server_id, so the file says whose key it is.
     `from_hosts` optionally pins the addresses the key may come from.
     """
-    target = f"{incoming_dst}/{server_id}"
-    if _UNSAFE_IN_PATH.search(target) or "/" in server_id or server_id in ("", ".", ".."):
+    if "/" in server_id or server_id in ("", ".", ".."):
+        raise ValueError(f"unsafe incoming folder for an authorized_keys line: "
+                         f"{f'{incoming_dst}/{server_id}'!r}")
+    return restricted_key_line(Path(f"{incoming_dst}/{server_id}"), server_id, public_key,
+                               from_hosts, collector_bin)
+
+
+def restricted_key_line(folder: Path, owner: str, public_key: str,
+                        from_hosts: Sequence[str] = (),
+                        collector_bin: Path = DEFAULT_COLLECTOR_BIN) -> str:
+    """`restrict[,from=...],command="<collector_bin> receive <folder>" <type> <key> <owner>`:
+    the one rendering of a key confined to writing into `folder` (a secondary's incoming
+    folder on the main, or `replica_dst` on a replica host for the main's key)."""
+    target = str(folder)
+    if _UNSAFE_IN_PATH.search(target) or not folder.is_absolute():
         raise ValueError(f"unsafe incoming folder for an authorized_keys line: {target!r}")
+    if _UNSAFE_IN_PATH.search(owner) or not owner:
+        raise ValueError(f"unsafe key owner for an authorized_keys line: {owner!r}")
     if not collector_bin.is_absolute() or _UNSAFE_IN_PATH.search(str(collector_bin)):
         raise ValueError(f"collector_bin must be an absolute path without spaces or quotes: "
                          f"{str(collector_bin)!r}")
@@ -107,154 +166,36 @@ def authorized_keys_line(incoming_dst: Path, server_id: str, public_key: str,
     if from_hosts:
         options += f',from="{",".join(from_hosts)}"'
     options += f',command="{collector_bin} receive {target}"'
-    return f"{options} {key_fields[0]} {key_fields[1]} {server_id}"
+    return f"{options} {key_fields[0]} {key_fields[1]} {owner}"
 
 
-# ---- the secondary's side: how rsync and ssh are called --------------------------------------
-
-
-@dataclass(frozen=True)
-class PushTarget:
-    """Where and how to reach the main; builds the ssh command rsync runs."""
-
-    user: str
-    host: str
-    port: int
-    identity_file: Path | None
-    known_hosts_file: Path | None
-    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
-
-    @property
-    def destination(self) -> str:
-        """rsync's remote spec: the empty path is rrsync's folder, incoming_dst/server_id."""
-        return f"{self.user}@{self.host}:"
-
-    @property
-    def label(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
-
-    def ssh_command(self) -> list[str]:
-        """ssh that never prompts and never trusts an unknown or changed host key."""
-        command = ["ssh", "-p", str(self.port),
-                   "-o", "BatchMode=yes",
-                   "-o", "StrictHostKeyChecking=yes",
-                   "-o", f"ConnectTimeout={self.connect_timeout}",
-                   "-o", "ServerAliveInterval=15",
-                   "-o", "ServerAliveCountMax=4"]
-        if self.identity_file is not None:
-            command += ["-i", str(self.identity_file), "-o", "IdentitiesOnly=yes"]
-        if self.known_hosts_file is not None:
-            # Pinned: only this file decides which host key the main may present.
-            command += ["-o", f"UserKnownHostsFile={self.known_hosts_file}",
-                        "-o", "GlobalKnownHostsFile=/dev/null"]
-        return command
+# ---- the secondary's side ------------------------------------------------------------------
 
 
 def push_target(settings: Settings, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT) -> PushTarget:
     """The main's address from the settings; refuses paths ssh or rsync would split."""
-    for key in ("ssh_identity_file", "ssh_known_hosts_file"):
-        value = getattr(settings, key)
-        if value is not None and _UNSAFE_IN_PATH.search(str(value)):
-            raise SettingsError(f"{settings.source}: {key} must not contain spaces or quotes")
+    check_ssh_paths(settings)
     return PushTarget(settings.main_user, settings.main_host, settings.main_port,
                       settings.ssh_identity_file, settings.ssh_known_hosts_file,
                       connect_timeout)
 
 
-def rsync_command(target: PushTarget, source_root: Path, options: Sequence[str],
-                  io_timeout: int) -> list[str]:
-    """One rsync over ssh reading NUL-separated relative paths from stdin.
-
-    `--files-from` implies `--relative`, so `day/HH/name` lands as `day/HH/name` under the
-    remote folder. Only options that `rrsync -wo -munge -no-del` accepts are used here (no
-    `--remove-source-files`, no `--delete*`; tested for real with rsync 3.2.7 and 3.5.0).
-    """
-    return ["rsync", "--files-from=-", "--from0", "--times", f"--timeout={io_timeout}",
-            *options, "-e", shlex.join(target.ssh_command()),
-            f"{source_root}/", target.destination]
+def main_label(settings: Settings) -> str:
+    """The label the send ledger is keyed by (`PushTarget.label`), without any checks."""
+    return f"{settings.main_user}@{settings.main_host}:{settings.main_port}"
 
 
-# Pass 1: new chunks only; never touches a name the main already has, deletes nothing. The
-# names it lists are the chunks it transferred.
-PUSH_NEW = ("--ignore-existing", "--out-format=%n")
-# Pass 2: every name against the main's copy by checksum, writing nothing. Itemizing twice
-# lists unchanged files too (`.f...`), so "identical" is a positive answer, never an absence;
-# `--existing` leaves out names the main does not hold instead of reporting them as different.
-VERIFY = ("--checksum", "--dry-run", "--existing", "--itemize-changes", "--itemize-changes",
-          "--out-format=%i %n")
-# One line of VERIFY's output: the 11-character item string (`YXcstpoguax`), a space, the name.
-_ITEM_LINE = re.compile(r"^(?P<update>[<>ch.*])(?P<kind>[fdLDS]).{9} (?P<name>.+)$")
-
-
-def parse_verify_output(stdout: str, names: Iterable[str]) -> tuple[set[str], set[str]]:
-    """(identical, different) among `names` from VERIFY's itemized output.
-
-    `.f` = regular file not to be updated: same checksum on the main. Any other item for a
-    listed name (`<f...` = would be sent) means the main's entry differs. Names not listed are
-    not on the main.
-    """
-    wanted = set(names)
-    identical: set[str] = set()
-    different: set[str] = set()
-    for line in stdout.splitlines():
-        match = _ITEM_LINE.match(line)
-        if match is None or match["name"] not in wanted:
-            continue
-        if match["update"] == "." and match["kind"] == "f":
-            identical.add(match["name"])
-        else:
-            different.add(match["name"])
-    return identical - different, different
-
-
-# ---- failures -----------------------------------------------------------------------------
-
-# (pattern in ssh/rsync stderr, explanation), most specific first.
-_FAILURE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), text) for pattern, text in (
-        (r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed",
-         "the main's host key does not match the pinned known_hosts (main reinstalled, "
-         "or someone else answers at that address); not connecting"),
-        (r"host key is known for",
-         "the main's host key is not in known_hosts; pin it first (not connecting blindly)"),
-        (r"Host key verification failed",
-         "the main's host key could not be verified against known_hosts; not connecting"),
-        (r"Permission denied \(publickey",
-         "the main refused this host's SSH key (is it in the main's authorized_keys?)"),
-        (r"Connection refused",
-         "connection refused (is sshd running on the main, and is main_port right?)"),
-        (r"timed out|Connection timed out",
-         "connection timed out (main down or unreachable from here)"),
-        (r"Could not resolve hostname", "cannot resolve main_host"),
-        (r"No route to host|Network is unreachable", "no network route to the main"),
-        (r"No space left on device|disk quota", "the main's disk is full"),
-        (r"Another instance of rrsync", "another push into the same incoming folder is "
-                                        "running on the main (two hosts with one server_id?)"),
-    ))
-_RRSYNC_ERROR = re.compile(r"rrsync error: (.*)")
-# The main's forced command (collector.receive) explains its own failures in one line.
-_RECEIVER_ERROR = re.compile(r"collector receive: error: (.*)")
-_RSYNC_TIMEOUT_CODE = 30
-
-
-def describe_failure(returncode: int, stderr: str, io_timeout: int) -> str:
-    """One short, human explanation of a failed rsync/ssh run (never contains secrets)."""
-    for pattern, text in _FAILURE_PATTERNS:
-        if pattern.search(stderr):
-            return text
-    receiver = _RECEIVER_ERROR.search(stderr)
-    if receiver:
-        return f"the main's receiver failed: {receiver.group(1).strip()[:200]}"
-    rrsync = _RRSYNC_ERROR.search(stderr)
-    if rrsync:
-        return f"the main's rrsync refused the push: {rrsync.group(1).strip()[:160]}"
-    if returncode == _RSYNC_TIMEOUT_CODE:
-        return f"no data moved for {io_timeout} s (stalled link or hung main)"
-    lines = [line.strip() for line in stderr.splitlines()
-             if line.strip() and not line.startswith("Could not chdir to home directory")]
-    detail = next((line for line in lines if line.startswith("rsync: ")),
-                  lines[-1] if lines else "no message")
-    return f"rsync failed with exit code {returncode}: {detail[:200]}"
+def check_ssh_paths(settings: Settings) -> None:
+    """SettingsError when the key or known_hosts path would break ssh's or rsync's parsing;
+    CredentialsError when the key cannot be read by this user."""
+    for key in ("ssh_identity_file", "ssh_known_hosts_file"):
+        value = getattr(settings, key)
+        if value is not None and UNSAFE_IN_PATH.search(str(value)):
+            raise SettingsError(f"{settings.source}: {key} must not contain spaces or quotes")
+    identity = settings.ssh_identity_file
+    if identity is not None and not os.access(identity, os.R_OK):
+        raise CredentialsError(f"ssh_identity_file {identity} does not exist "
+                               "or is not readable by this user")
 
 
 class SendConflictError(RemoteError):
@@ -302,6 +243,11 @@ def save_send_state(path: Path, state: SendState) -> None:
     write_bytes_atomic(path, json.dumps(asdict(state), indent=1, sort_keys=True).encode())
 
 
+def load_send_ledger(settings: Settings) -> ConfirmedLedger:
+    """What the current main confirmed (empty when recorded for another main)."""
+    return ConfirmedLedger.load(settings.state_dir / LEDGER_FILE, "main", main_label(settings))
+
+
 # ---- one run ------------------------------------------------------------------------------
 
 
@@ -309,18 +255,24 @@ def save_send_state(path: Path, state: SendState) -> None:
 class SendResult:
     """What one run did; paths are relative to data_storage_dst (`day/HH/name`)."""
 
-    # Transferred by this run, confirmed identical and durable on the main, deleted here.
+    # Transferred by this run, confirmed identical and durable on the main, kept here.
     sent: list[str] = field(default_factory=list)
     bytes_sent: int = 0
-    # Were on the main before this run (an earlier run could not confirm them); deleted here.
+    # Were on the main before this run (an earlier run, or an earlier main's record).
     already_on_main: list[str] = field(default_factory=list)
-    # On the main with other content: kept on both sides.
+    # On the main with other content: kept on both sides, unconfirmed.
     conflicts: list[str] = field(default_factory=list)
-    # Not found on the main when compared, or changed here meanwhile: kept for the next run.
+    # Not found on the main when compared, or changed here meanwhile: offered again next run.
     unconfirmed: list[str] = field(default_factory=list)
-    # Transferred by pass 1 of this run (deleted here only once confirmed).
+    # Transferred by pass 1 of this run (confirmed only by a pass 2 that succeeded).
     pushed: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
+    # Confirmed on the current main and still kept here after this run (the second copy).
+    kept: int = 0
+    # Removed by retention: confirmed on the current main, hour past raw_retention_days.
+    deleted: list[str] = field(default_factory=list)
+    # Chunks removed from this host's replica store by replica retention.
+    replica_pruned: int = 0
     pruned_dirs: int = 0
     rsync_runs: int = 0
 
@@ -331,6 +283,11 @@ class SendResult:
             text += f", {len(self.conflicts)} in conflict (kept here)"
         if self.unconfirmed:
             text += f", {len(self.unconfirmed)} not confirmed by the main (kept here)"
+        text += f"; {self.kept} confirmed chunks kept here until retention"
+        if self.deleted:
+            text += f", {len(self.deleted)} removed by retention"
+        if self.replica_pruned:
+            text += f", {self.replica_pruned} replica chunks removed by retention"
         return text
 
 
@@ -347,66 +304,6 @@ def send_lock(state_dir: Path) -> Iterator[None]:
         yield
 
 
-class _RsyncFailed(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Runner:
-    """Runs rsync passes under one deadline; kills the whole process group on overrun."""
-
-    def __init__(self, target: PushTarget, root: Path, io_timeout: int, deadline: float,
-                 run_timeout: float, bwlimit_kbps: int | None) -> None:
-        self.target = target
-        self.root = root
-        self.io_timeout = io_timeout
-        self.deadline = deadline
-        self.run_timeout = run_timeout
-        self.bwlimit = (f"--bwlimit={bwlimit_kbps}",) if bwlimit_kbps else ()
-        self.runs = 0
-
-    def run(self, relative: Sequence[str], options: Sequence[str]) -> str:
-        """Run one pass over `relative`; return stdout, raise _RsyncFailed on any failure."""
-        command = rsync_command(self.target, self.root, (*options, *self.bwlimit),
-                                self.io_timeout)
-        listing = b"".join(name.encode() + b"\0" for name in relative)
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise _RsyncFailed(f"the push did not finish within {self.run_timeout:g} s")
-        self.runs += 1
-        log.debug("running %s", shlex.join(command))
-        env = {**os.environ, "LC_ALL": "C"}  # stable, English messages to classify
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, env=env, start_new_session=True)
-        try:
-            out, err = process.communicate(listing, timeout=remaining)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            raise _RsyncFailed(
-                f"the push did not finish within {self.run_timeout:g} s") from None
-        except BaseException:
-            _kill_group(process)
-            raise
-        stderr = err.decode(errors="replace")
-        if process.returncode != 0:
-            log.debug("rsync stderr: %s", stderr.strip().replace("\n", " | "))
-            raise _RsyncFailed(describe_failure(process.returncode, stderr, self.io_timeout))
-        return out.decode(errors="replace")
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """Stop rsync and its ssh child; the receiver then drops its temporary file."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=5)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -414,9 +311,10 @@ def _utc_now() -> str:
 def send(settings: Settings, notifier: Notifier | None = None, *,
          run_timeout: float = DEFAULT_RUN_TIMEOUT, io_timeout: int = DEFAULT_IO_TIMEOUT,
          connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
-         bwlimit_kbps: int | None = None) -> SendResult:
-    """Push every closed chunk of this host to the main; see the module docstring.
+         bwlimit_kbps: int | None = None, now: datetime | None = None) -> SendResult:
+    """Push every closed chunk the current main has not confirmed, then apply retention.
 
+    `now` is the clock retention and the empty-folder pruning use (tests pass a later one).
     Raises `RemoteError` (after recording the failure, and alerting when it repeats) when the
     main could not be reached or the push failed, `SendConflictError` when some names exist on
     the main with other content, `SettingsError` on a main (its chunks are processed where
@@ -425,57 +323,87 @@ def send(settings: Settings, notifier: Notifier | None = None, *,
     if settings.is_main:
         raise SettingsError(f"{settings.source}: role=main: send runs on secondaries only "
                             "(the main processes its own chunks in place)")
-    identity = settings.ssh_identity_file
-    if identity is not None and not os.access(identity, os.R_OK):
-        raise CredentialsError(f"ssh_identity_file {identity} does not exist "
-                               "or is not readable by this user")
     target = push_target(settings, connect_timeout)
     notifier = notifier or make_notifier(settings)
+    moment = now or datetime.now(UTC)
     root = settings.data_storage_dst
     state_path = settings.state_dir / STATE_FILE
     result = SendResult()
+    failure = ""
     with send_lock(settings.state_dir):
         chunks = _own_chunks(settings, result)
-        if not chunks:
-            log.info("no closed chunks to send")
-            result.pruned_dirs = prune_empty_dirs(root, settings, time.time())
-            return result
-        state = load_send_state(state_path)
-        state.last_attempt_at = _utc_now()
-        runner = _Runner(target, root, io_timeout, time.monotonic() + run_timeout, run_timeout,
-                         bwlimit_kbps)
-        try:
-            _push(runner, root, chunks, result)
-        except _RsyncFailed as failure:
-            result.rsync_runs = runner.runs
-            _record_failure(settings, notifier, state, state_path, target, chunks, result,
-                            failure.reason)  # raises RemoteError
-        result.rsync_runs = runner.runs
-        if state.consecutive_failures:
-            log.info("push to the main %s works again after %d failed runs (failing since %s)",
-                     target.label, state.consecutive_failures, state.first_failure_at)
-        state.consecutive_failures = 0
-        state.first_failure_at = ""
-        state.last_error = ""
-        state.last_success_at = state.last_attempt_at
-        state.last_success_files = len(result.sent) + len(result.already_on_main)
-        state.last_success_bytes = result.bytes_sent
-        state.conflicts = list(result.conflicts)
-        save_send_state(state_path, state)
-        result.pruned_dirs = prune_empty_dirs(root, settings, time.time())
-    log.info("send to %s done: %s", target.label, result.summary())
+        ledger = ConfirmedLedger.load(settings.state_dir / LEDGER_FILE, "main", target.label)
+        recorded = dict(ledger.chunks)
+        ledger.keep_only({name: chunk.stamp for name, chunk in chunks.items()})
+        waiting = {name: chunk for name, chunk in chunks.items()
+                   if not ledger.confirms(name, chunk.stamp)}
+        if not waiting:
+            log.info("no closed chunks to send (%d kept here, confirmed on the main)",
+                     len(ledger.chunks))
+        else:
+            failure = _push_and_record(settings, notifier, target, waiting, ledger, result,
+                                       state_path, run_timeout, io_timeout, bwlimit_kbps)
+        present = {name: chunk.stamp for name, chunk in chunks.items()}
+        doomed = plan_kept_deletions(ledger.chunks, present, settings.timezone,
+                                     settings.raw_retention_days, moment)
+        result.deleted = delete_kept_chunks(root, doomed, ledger.chunks)
+        for name in result.deleted:
+            del ledger.chunks[name]
+        if ledger.chunks != recorded:
+            ledger.save()
+        result.kept = len(ledger.chunks)
+        result.replica_pruned = _prune_replicas(settings, moment)
+        result.pruned_dirs = prune_empty_dirs(root, settings, moment.timestamp())
+    if failure:
+        raise RemoteError(failure)
+    if waiting or result.deleted or result.replica_pruned:
+        log.info("send to %s done: %s", target.label, result.summary())
     if result.conflicts:
         _report_conflicts(notifier, target, result)
     return result
 
 
+def _push_and_record(settings: Settings, notifier: Notifier, target: PushTarget,
+                     waiting: dict[str, _LocalChunk], ledger: ConfirmedLedger,
+                     result: SendResult, state_path: Path, run_timeout: float,
+                     io_timeout: int, bwlimit_kbps: int | None) -> str:
+    """Both passes and the state file; the failure line ("" on success), alerted if it repeats.
+    """
+    state = load_send_state(state_path)
+    state.last_attempt_at = _utc_now()
+    runner = Runner(target, io_timeout, time.monotonic() + run_timeout, run_timeout,
+                    bwlimit_kbps, MAIN)
+    try:
+        _push(runner, settings.data_storage_dst, waiting, result, ledger)
+    except RsyncFailed as failed:
+        result.rsync_runs = runner.runs
+        return _record_failure(settings, notifier, state, state_path, target, waiting, result,
+                               failed.reason)
+    result.rsync_runs = runner.runs
+    if state.consecutive_failures:
+        log.info("push to the main %s works again after %d failed runs (failing since %s)",
+                 target.label, state.consecutive_failures, state.first_failure_at)
+    state.consecutive_failures = 0
+    state.first_failure_at = ""
+    state.last_error = ""
+    state.last_success_at = state.last_attempt_at
+    state.last_success_files = len(result.sent) + len(result.already_on_main)
+    state.last_success_bytes = result.bytes_sent
+    state.conflicts = list(result.conflicts)
+    save_send_state(state_path, state)
+    return ""
+
+
 @dataclass(frozen=True)
 class _LocalChunk:
-    """What a chunk looked like before the push; deleted only if it still looks the same."""
+    """What a chunk looked like before the push; recorded only if it still looks the same."""
 
     size: int
     mtime_ns: int
-    inode: int
+
+    @property
+    def stamp(self) -> Stamp:
+        return self.size, self.mtime_ns
 
 
 def _own_chunks(settings: Settings, result: SendResult) -> dict[str, _LocalChunk]:
@@ -488,7 +416,7 @@ def _own_chunks(settings: Settings, result: SendResult) -> dict[str, _LocalChunk
             continue
         with contextlib.suppress(FileNotFoundError):
             status = chunk.path.lstat()
-            chunks[relative] = _LocalChunk(status.st_size, status.st_mtime_ns, status.st_ino)
+            chunks[relative] = _LocalChunk(status.st_size, status.st_mtime_ns)
     if result.foreign:
         log.warning("not sending %d chunks named for another server (e.g. %s); "
                     "the main would file them under %s", len(result.foreign), result.foreign[0],
@@ -496,60 +424,49 @@ def _own_chunks(settings: Settings, result: SendResult) -> dict[str, _LocalChunk
     return chunks
 
 
-def _push(runner: _Runner, root: Path, chunks: dict[str, _LocalChunk],
-          result: SendResult) -> None:
-    """Push, verify, then delete what the main confirmed; fills `result`.
+def _push(runner: Runner, root: Path, waiting: dict[str, _LocalChunk], result: SendResult,
+          ledger: ConfirmedLedger) -> None:
+    """Push, verify, then record what the main confirmed; fills `result`.
 
     Each session succeeds only after the main synced its filesystem, so by the time pass 2
     has succeeded every chunk it reports identical is on the main's disk.
     """
-    names = sorted(chunks)
-    listed = set(names)
-    pushed = runner.run(names, PUSH_NEW)
-    result.pushed = sorted({line.strip() for line in pushed.splitlines()} & listed)
-    identical, different = parse_verify_output(runner.run(names, VERIFY), names)
-    result.conflicts = sorted(different)
-    newly_sent = set(result.pushed)
+    names = sorted(waiting)
+    outcome = Pushed()
+    try:
+        push_and_verify(runner, root, names, into=outcome)
+    finally:
+        result.pushed = sorted(outcome.pushed)
+    result.conflicts = sorted(outcome.different)
     for name in names:
-        if name in different:
+        if name in outcome.different:
             continue
-        if name not in identical or not _delete_if_unchanged(root / name, chunks[name]):
+        if name not in outcome.identical or file_stamp(root / name) != waiting[name].stamp:
             result.unconfirmed.append(name)
-        elif name in newly_sent:
+        elif name in outcome.pushed:
             result.sent.append(name)
+            ledger.chunks[name] = waiting[name].stamp
         else:
             result.already_on_main.append(name)
-    result.bytes_sent = sum(chunks[name].size for name in result.sent)
+            ledger.chunks[name] = waiting[name].stamp
+    result.bytes_sent = sum(waiting[name].size for name in result.sent)
     if result.unconfirmed:
-        log.warning("%d chunks were not confirmed by the main and are kept for the next run "
+        log.warning("%d chunks were not confirmed by the main and are offered again next run "
                     "(e.g. %s)", len(result.unconfirmed), result.unconfirmed[0])
 
 
-def _delete_if_unchanged(path: Path, before: _LocalChunk) -> bool:
-    """Delete `path` if it is still the file that was compared; False if it was kept."""
-    try:
-        status = path.lstat()
-    except FileNotFoundError:
-        return False
-    if (status.st_size, status.st_mtime_ns, status.st_ino) != (
-            before.size, before.mtime_ns, before.inode):
-        log.warning("%s changed while it was being sent; kept for the next run", path)
-        return False
-    path.unlink()
-    return True
-
-
 def _record_failure(settings: Settings, notifier: Notifier, state: SendState, state_path: Path,
-                    target: PushTarget, chunks: dict[str, _LocalChunk], result: SendResult,
-                    reason: str) -> None:
+                    target: PushTarget, waiting: dict[str, _LocalChunk], result: SendResult,
+                    reason: str) -> str:
     state.consecutive_failures += 1
     if not state.first_failure_at:
         state.first_failure_at = state.last_attempt_at
-    # Nothing is deleted before both passes succeeded: every chunk is still here.
-    message = f"cannot push to the main {target.label}: {reason}; {len(chunks)} chunks kept here"
+    # Nothing is recorded before both passes succeeded: every chunk waits for the next run.
+    message = (f"cannot push to the main {target.label}: {reason}; {len(waiting)} chunks "
+               "kept here")
     if result.pushed:
-        message += (f" ({len(result.pushed)} reached the main and are deleted here once a "
-                    "later run confirms them)")
+        message += (f" ({len(result.pushed)} reached the main and are confirmed by a later "
+                    "run)")
     state.last_error = message
     save_send_state(state_path, state)
     failures = state.consecutive_failures
@@ -557,9 +474,22 @@ def _record_failure(settings: Settings, notifier: Notifier, state: SendState, st
         notifier.alert(SEND_FAILING,
                        f"push from {settings.server_id} to the main failing "
                        f"{failures} runs in a row: {reason}",
-                       f"Failing since {state.first_failure_at}. {len(chunks)} chunks wait on "
+                       f"Failing since {state.first_failure_at}. {len(waiting)} chunks wait on "
                        f"{settings.server_id} and are sent when the main is reachable again.")
-    raise RemoteError(message)
+    return message
+
+
+def _prune_replicas(settings: Settings, now: datetime) -> int:
+    """Replica retention on this host; a failure is logged, never fails the send."""
+    if settings.replica_dst is None:
+        return 0
+    try:
+        return prune_replica_store(settings.replica_dst, settings.timezone,
+                                   settings.raw_retention_days, settings.max_chunk_bytes, now)
+    except OSError as error:
+        log.warning("replica retention under %s failed: %s", settings.replica_dst,
+                    os.strerror(error.errno or 0))
+        return 0
 
 
 def _report_conflicts(notifier: Notifier, target: PushTarget, result: SendResult) -> None:

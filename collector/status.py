@@ -3,6 +3,25 @@
 The verdict is the worst of the parts: `down` (2) when the stream is not running at all,
 `degraded` (1) when it runs but does not capture (disconnected, stalled, disk full) or data
 waits too long, `healthy` (0) otherwise. cron, Ansible and monitoring read the exit code.
+
+Two copies until published (issue 11) adds three parts:
+
+* `kept_chunks` (secondary): chunks the current main confirmed and this host keeps until
+  retention; `chunks_waiting` counts only the chunks the current main has NOT confirmed
+  (`collector.send`'s ledger), since the kept ones need nothing.
+* `replication` (main with `replicas`): per replica host, what waits to be replicated and
+  how the last runs went. Degraded when a host is more than `REPLICATION_BEHIND_DEGRADED`
+  (2 h) behind (`replication_lag`), or after `SEND_FAILURES_DEGRADED` failed runs in a row.
+* `replica` (any host with `replica_dst`): what the main replicated here. On a secondary it
+  is degraded when the newest thing received (the replicated ledger's mtime, which is when
+  the last replication completed, or the newest replica chunk's mtime) is more than
+  `REPLICA_AGE_DEGRADED` (2 h) old. A host that never received anything is measured from
+  when its replica store was set up (the mtime of `replica_dst/state`, which the role
+  creates and which only changes when the first ledger lands there): a freshly installed
+  secondary says "nothing received yet" and is healthy for its first 2 h, the time the
+  main's hourly replication needs to reach it; after that it is degraded like any stale
+  replica. On the main the part is shown but not judged: a replica tree left there is
+  `collector adopt`'s to take over.
 """
 
 from __future__ import annotations
@@ -12,11 +31,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from collector import osf, process, send
+from collector import osf, process, replicate, retention, send
 from collector.health import STATUS_FILE, read_health
 from collector.layout import HourKey, iter_closed_chunks
+from collector.push import ConfirmedLedger, file_stamp
 from collector.settings import Settings
 
 # The stream rewrites its health record every 2 s; older than this means it is not running.
@@ -28,6 +49,10 @@ HOURS_WAITING_DEGRADED = 2
 # A secondary's chunks normally leave within the hour; older ones mean sending is stuck.
 CHUNK_AGE_DEGRADED = 2 * 3600.0
 SEND_FAILURES_DEGRADED = 3
+# A replica host that misses the main's data for longer than this (two hourly runs) is behind.
+REPLICATION_BEHIND_DEGRADED = 2 * 3600.0
+# What a replica host received last: older than this means the main's copies do not arrive.
+REPLICA_AGE_DEGRADED = 2 * 3600.0
 
 
 class Verdict(enum.IntEnum):
@@ -47,7 +72,10 @@ class HostStatus:
     stream: dict[str, Any] = field(default_factory=dict)
     chunks_waiting: int = 0
     oldest_chunk_waiting: str = ""
+    kept_chunks: int = 0
     sending: dict[str, Any] = field(default_factory=dict)
+    replication: dict[str, Any] = field(default_factory=dict)
+    replica: dict[str, Any] = field(default_factory=dict)
     processing: dict[str, Any] = field(default_factory=dict)
     uploading: dict[str, Any] = field(default_factory=dict)
 
@@ -65,9 +93,12 @@ class HostStatus:
             "stream": self.stream,
             "chunks_waiting": self.chunks_waiting,
             "oldest_chunk_waiting": self.oldest_chunk_waiting,
+            "kept_chunks": self.kept_chunks,
             "sending": self.sending,
             "processing": self.processing,
             "uploading": self.uploading,
+            "replication": self.replication,
+            "replica": self.replica,
         }
 
 
@@ -134,17 +165,27 @@ def stream_part(status: HostStatus, settings: Settings, now: float) -> None:
 
 
 def secondary_part(status: HostStatus, settings: Settings, now: float) -> None:
-    """Closed chunks not yet sent to the main, and how the last pushes went."""
-    chunks = list(iter_closed_chunks(settings.data_storage_dst))
-    status.chunks_waiting = len(chunks)
-    if chunks:
-        oldest = min(chunks, key=lambda chunk: chunk.path.stat().st_mtime)
-        status.oldest_chunk_waiting = oldest.path.name
-        age = now - oldest.path.stat().st_mtime
+    """Closed chunks the current main has not confirmed, the kept ones, and the last pushes."""
+    ledger = send.load_send_ledger(settings)
+    root = settings.data_storage_dst
+    waiting: list[tuple[float, str]] = []
+    for chunk in iter_closed_chunks(root):
+        stamp = file_stamp(chunk.path)
+        if stamp is None:
+            continue
+        if ledger.confirms(chunk.path.relative_to(root).as_posix(), stamp):
+            status.kept_chunks += 1
+        else:
+            waiting.append((stamp[1] / 1e9, chunk.path.name))
+    status.chunks_waiting = len(waiting)
+    if waiting:
+        oldest_mtime, oldest_name = min(waiting)
+        status.oldest_chunk_waiting = oldest_name
+        age = now - oldest_mtime
         if age > CHUNK_AGE_DEGRADED:
             status.worsen(Verdict.DEGRADED,
                           f"chunks wait to be sent for {age / 3600:.1f} h "
-                          f"(oldest {oldest.path.name})")
+                          f"(oldest {oldest_name})")
     state = send.load_send_state(settings.state_dir / send.STATE_FILE)
     status.sending = {
         "last_success_at": state.last_success_at,
@@ -156,6 +197,137 @@ def secondary_part(status: HostStatus, settings: Settings, now: float) -> None:
         status.worsen(Verdict.DEGRADED,
                       f"{state.consecutive_failures} pushes to the main failed in a row: "
                       f"{state.last_error}")
+
+
+def _timestamp(text: str) -> float | None:
+    """An ISO 8601 time from a state file as a POSIX time; None for "" or garbage."""
+    try:
+        return datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def replication_lag(now: float, oldest_waiting: float | None, last_success: float | None,
+                    ledger_changed: float | None) -> float:
+    """How long a replica host has been missing something the main holds (pure), 0 if
+    nothing is missing.
+
+    `oldest_waiting` is the mtime of the oldest chunk not confirmed there; `last_success` the
+    last run that reached it; `ledger_changed` the mtime of the main's process ledger, which
+    `process` rewrites with every hour's outputs: newer than the last success means outputs
+    the replica lacks. Then the host is behind since its last success (or since that change,
+    if it never had one).
+    """
+    lag = 0.0 if oldest_waiting is None else now - oldest_waiting
+    if ledger_changed is not None and (last_success is None or ledger_changed > last_success):
+        lag = max(lag, now - (ledger_changed if last_success is None else last_success))
+    elif oldest_waiting is not None and last_success is not None:
+        lag = max(lag, now - last_success)
+    return max(lag, 0.0)
+
+
+def replication_part(status: HostStatus, settings: Settings, now: float) -> None:
+    """The main: per replica host, what waits and how the last replications went."""
+    if not settings.replicas:
+        status.replication = {"configured": False, "targets": {}}
+        return
+    chunks = replicate.list_chunks(settings)
+    states = replicate.load_replicate_state(settings.state_dir / replicate.STATE_FILE)
+    ledger_changed = _mtime(settings.state_dir / process.LEDGER_NAME)
+    targets: dict[str, Any] = {}
+    for target in settings.replicas:
+        ledger = ConfirmedLedger.load(
+            replicate.target_ledger_path(settings.state_dir, target.server_id), "target",
+            target.label)
+        waiting = replicate.waiting_chunks(chunks, ledger)
+        state = states.get(target.server_id, replicate.TargetState())
+        if state.label != target.label:
+            state = replicate.TargetState(label=target.label)
+        oldest = min(waiting, key=lambda chunk: chunk.stamp[1]) if waiting else None
+        oldest_mtime = None if oldest is None else oldest.stamp[1] / 1e9
+        lag = replication_lag(now, oldest_mtime, _timestamp(state.last_success_at),
+                              ledger_changed)
+        targets[target.server_id] = {
+            "label": target.label,
+            "chunks_waiting": len(waiting),
+            "oldest_chunk_waiting": "" if oldest is None else oldest.key,
+            "behind_seconds": round(lag, 1),
+            "last_attempt_at": state.last_attempt_at,
+            "last_success_at": state.last_success_at,
+            "consecutive_failures": state.consecutive_failures,
+            "last_error": state.last_error,
+        }
+        if lag > REPLICATION_BEHIND_DEGRADED:
+            detail = (f"{len(waiting)} chunks wait (oldest {oldest.key})" if oldest is not None
+                      else "the vault and ledger changed since")
+            last = state.last_success_at or "never"
+            status.worsen(Verdict.DEGRADED,
+                          f"replication to {target.label} is {lag / 3600:.1f} h behind: "
+                          f"{detail}; last success {last}")
+        elif state.consecutive_failures >= SEND_FAILURES_DEGRADED:
+            status.worsen(Verdict.DEGRADED,
+                          f"{state.consecutive_failures} replications to {target.label} failed "
+                          f"in a row: {state.last_error}")
+    status.replication = {"configured": True, "targets": targets}
+
+
+def replica_part(status: HostStatus, settings: Settings, now: float) -> None:
+    """What the main replicated to this host (`replica_dst`); see the module docstring."""
+    replica_dst = settings.replica_dst
+    assert replica_dst is not None
+    held = retention.held_replica_chunks(replica_dst, settings.max_chunk_bytes)
+    by_server: dict[str, int] = {}
+    for chunk in held:
+        by_server[chunk.server_id] = by_server.get(chunk.server_id, 0) + 1
+    newest = max(held, key=lambda chunk: (chunk.hour, chunk.parts[-1]), default=None)
+    newest_mtime = None if newest is None else _mtime(
+        replica_dst.joinpath(retention.CHUNKS_DIR, newest.server_id, *newest.parts))
+    ledger_mtime = _mtime(retention.replica_ledger_path(replica_dst))
+    received = max((t for t in (newest_mtime, ledger_mtime) if t is not None), default=None)
+
+    def age(moment: float | None) -> float | None:
+        return None if moment is None else round(now - moment, 1)
+
+    status.replica = {
+        "path": str(replica_dst),
+        "received": received is not None,
+        "chunks_held": len(held),
+        "chunks_by_server": dict(sorted(by_server.items())),
+        "newest_chunk": "" if newest is None else newest.parts[-1],
+        "newest_chunk_age": age(newest_mtime),
+        "ledger_age": age(ledger_mtime),
+        "age": age(received),
+    }
+    if settings.is_main:
+        return
+    if received is not None:
+        if now - received > REPLICA_AGE_DEGRADED:
+            status.worsen(Verdict.DEGRADED,
+                          f"the newest replica from the main is {(now - received) / 3600:.1f} "
+                          f"h old (replicated ledger {_hours(ledger_mtime, now)}, newest "
+                          f"replica chunk {_hours(newest_mtime, now)})")
+        return
+    set_up = _mtime(replica_dst / retention.STATE_DIR) or _mtime(replica_dst)
+    if set_up is None:
+        status.worsen(Verdict.DEGRADED, f"replica_dst {replica_dst} does not exist: the main "
+                                        "cannot replicate to this host")
+        return
+    status.replica["set_up_age"] = age(set_up)
+    if now - set_up > REPLICA_AGE_DEGRADED:
+        status.worsen(Verdict.DEGRADED,
+                      f"no replica received from the main in the {(now - set_up) / 3600:.1f} h "
+                      f"since {replica_dst} was set up")
+
+
+def _hours(moment: float | None, now: float) -> str:
+    return "never" if moment is None else f"{(now - moment) / 3600:.1f} h old"
 
 
 def main_part(status: HostStatus, settings: Settings, now: float) -> None:
@@ -202,6 +374,9 @@ def host_status(settings: Settings, now: float | None = None) -> HostStatus:
     stream_part(status, settings, now)
     if settings.is_main:
         main_part(status, settings, now)
+        replication_part(status, settings, now)
     else:
         secondary_part(status, settings, now)
+    if settings.replica_dst is not None:
+        replica_part(status, settings, now)
     return status

@@ -31,6 +31,21 @@ def _upload_state(uploading: dict[str, Any]) -> str:
     return f"{uploading['last_run_at']} ({outcome})"
 
 
+def _replica_state(replica: dict[str, Any]) -> str:
+    if not replica.get("received"):
+        return "nothing received from the main yet"
+    text = f"{replica.get('chunks_held', 0)} chunks, newest {_age(replica.get('age'))}"
+    return text
+
+
+def _replication_state(target: dict[str, Any]) -> str:
+    text = (f"{target.get('chunks_waiting', 0)} chunks waiting, last success "
+            f"{target.get('last_success_at') or 'never'}")
+    if target.get("consecutive_failures"):
+        text += f", {target['consecutive_failures']} failed runs"
+    return text
+
+
 def render(status: HostStatus) -> str:
     """The human view: one `label  value` line per fact, problems last."""
     stream = status.stream
@@ -59,15 +74,20 @@ def render(status: HostStatus) -> str:
                                  if processing.get("oldest_hour_waiting") else "")),
             ("last upload", _upload_state(uploading)),
         ]
+        rows += [(f"replica {server_id}", _replication_state(target))
+                 for server_id, target in status.replication.get("targets", {}).items()]
     else:
         sending = status.sending
         rows += [
             ("chunks not sent", f"{status.chunks_waiting}"
                                 + (f" (oldest {status.oldest_chunk_waiting})"
                                    if status.oldest_chunk_waiting else "")),
+            ("kept chunks", str(status.kept_chunks)),
             ("last push", sending.get("last_success_at") or "never"),
             ("failed pushes", str(sending.get("consecutive_failures", 0))),
         ]
+    if status.replica:
+        rows.append(("replica held", _replica_state(status.replica)))
     rows += [("problem", problem) for problem in status.problems]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)

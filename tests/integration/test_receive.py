@@ -22,7 +22,7 @@ import pwd
 import stat
 import subprocess
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -353,9 +353,12 @@ def test_pushed_fifo_stays_inside_its_folder_and_chunks_still_flow(
     settings = load_settings(send_settings(attacker, write_settings, data))
     if landed:
         with pytest.raises(SendConflictError) as caught:
-            send(settings)
+            # The clock of retention: the hour is recent, so confirmed chunks are kept.
+            send(settings, now=HOUR + timedelta(hours=2))
         assert caught.value.result.conflicts == [f"2026-12-02/05/{FIFO_NAME}"]
-        assert [path.exists() for path in chunks] == [False, False, True]  # kept here
+        # Every chunk stays here (confirmed ones until retention); the clash is unconfirmed.
+        assert [path.exists() for path in chunks] == [True, True, True]
+        assert sorted(caught.value.result.sent) == sorted(contents)[:2]
         assert (attacker.incoming / "2026-12-02" / "05" / FIFO_NAME).is_fifo()  # untouched
     else:
         assert sorted(send(settings).sent) == sorted(contents)

@@ -11,6 +11,7 @@ and with Debian 12's 3.2.7 on both ends (what the lab hosts run). The CLI runs i
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from collector.cli import main as cli_main
 from collector.errors import LockedError, RemoteError, SettingsError
 from collector.layout import CHUNK_NAME, PART_SUFFIX, chunk_path
 from collector.send import (
+    LEDGER_FILE,
     LOCK_FILE,
     STATE_FILE,
     SendConflictError,
@@ -52,8 +54,10 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER = "srv1"
-# Old enough that no chunk is in the "current hour" the prune step protects.
-BASE = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+# Old enough that no chunk is in the "current hour" the prune step protects, recent enough
+# that none is past raw_retention_days (7): confirmed chunks are kept until then.
+BASE = (datetime.now(UTC) - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
+RETENTION = timedelta(days=7)
 TWARC_META = {"url": "https://api.x.com/2/tweets/sample/stream", "version": "2.14.0",
               "retrieved_at": "2026-01-01T00:00:00+00:00"}
 
@@ -159,6 +163,20 @@ class Site:
     def state(self) -> dict[str, object]:
         return orjson.loads((self.data / ".collector" / STATE_FILE).read_bytes())  # type: ignore[no-any-return]
 
+    def ledger(self) -> dict[str, object]:
+        """The send ledger: what the main confirmed, keyed by the main's label."""
+        return orjson.loads((self.data / ".collector" / LEDGER_FILE).read_bytes())  # type: ignore[no-any-return]
+
+    @property
+    def label(self) -> str:
+        return f"{self.main.user}@127.0.0.1:{self.main.port}"
+
+
+def stamp(path: Path) -> list[int]:
+    """How the send ledger records a chunk: [size, mtime_ns]."""
+    status = path.lstat()
+    return [status.st_size, status.st_mtime_ns]
+
 
 @pytest.fixture
 def site(main_sshd: MainSshd, write_settings: SettingsWriter, tmp_path: Path) -> Site:
@@ -180,7 +198,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 @both_rsyncs
-def test_push_keeps_tree_sends_only_closed_chunks_and_deletes_local_copies(site: Site) -> None:
+def test_push_keeps_tree_sends_only_closed_chunks_and_keeps_them_recorded(site: Site) -> None:
     closed = [site.chunk(minute) for minute in (0, 1, 59, 60, 61, 24 * 60)]
     expected = {site.relative(path): path.read_bytes() for path in closed}
     open_chunk = site.chunk(24 * 60 + 1, part=True)
@@ -197,26 +215,139 @@ def test_push_keeps_tree_sends_only_closed_chunks_and_deletes_local_copies(site:
     assert site.remote_files() == expected  # byte-identical, same day/hour tree, nothing else
     assert sorted(result.sent) == sorted(expected)
     assert result.already_on_main == [] and result.unconfirmed == []
-    assert result.rsync_runs == 2  # push, then compare; deletion is local
+    assert result.rsync_runs == 2  # push, then compare
     assert result.bytes_sent == sum(len(data) for data in expected.values())
     assert result.foreign == [site.relative(foreign)]
-    assert site.local_chunks() == sorted([site.relative(foreign)])
+    # Two copies until published: every confirmed chunk stays here, recorded for this main.
+    assert site.local_chunks() == sorted([*expected, site.relative(foreign)])
+    assert result.kept == len(expected) and result.deleted == []
+    assert site.ledger() == {"main": site.label,
+                             "chunks": {name: stamp(site.data / name) for name in expected}}
     assert open_chunk.exists() and stray.exists()
     assert (state_dir / "stream_status.json").exists()
     assert notifier.alerts == []
-    # Emptied old hour/day folders are pruned; folders with files left stay.
-    assert not (site.data / "2026-01-01" / "10").exists()
-    assert (site.data / "2026-01-01" / "09").is_dir()  # still holds the srv2 chunk + stray
-    assert (site.data / "2026-01-02" / "09").is_dir()  # still holds the open chunk
     state = site.state()
     assert state["consecutive_failures"] == 0
     assert state["last_success_files"] == len(expected)
     assert state["last_success_bytes"] == result.bytes_sent
     assert state["last_success_at"]
 
-    # A second run has nothing new and changes nothing on the main.
+    # A second run has nothing new: it does not even connect, and changes nothing.
     again = send(site.settings, notifier)
-    assert again.sent == [] and site.remote_files() == expected
+    assert again.sent == [] and again.rsync_runs == 0 and again.kept == len(expected)
+    assert site.remote_files() == expected and site.local_chunks() == sorted(
+        [*expected, site.relative(foreign)])
+
+
+@both_rsyncs
+def test_retention_deletes_a_confirmed_chunk_only_once_its_hour_is_past_retention(
+        site: Site) -> None:
+    first_hour = [site.chunk(minute) for minute in (0, 59)]  # BASE's hour
+    second_hour = [site.chunk(60)]
+    send(site.settings, RecordingNotifier())
+    end_of_first = BASE + timedelta(hours=1)
+
+    # A second before the first hour is past retention: nothing goes.
+    early = send(site.settings, RecordingNotifier(), now=end_of_first + RETENTION
+                 - timedelta(seconds=1))
+    assert early.deleted == [] and all(path.exists() for path in first_hour)
+
+    late = send(site.settings, RecordingNotifier(), now=end_of_first + RETENTION)
+    assert late.deleted == sorted(site.relative(path) for path in first_hour)
+    assert late.rsync_runs == 0  # retention needs no connection: the ledger says it all
+    assert not any(path.exists() for path in first_hour)
+    assert not first_hour[0].parent.exists()  # the emptied hour folder is pruned
+    assert all(path.exists() for path in second_hour) and late.kept == 1
+    assert sorted(site.ledger()["chunks"]) == [site.relative(second_hour[0])]  # type: ignore[call-overload]
+    # Only the local copy goes: the main's retention decides about its own.
+    assert sorted(site.remote_files()) == sorted(site.relative(p)
+                                                 for p in [*first_hour, *second_hour])
+
+
+def test_retention_never_deletes_what_the_current_main_did_not_confirm(
+        site: Site, tmp_path: Path) -> None:
+    confirmed = site.chunk(0)
+    send(site.settings, RecordingNotifier())
+    never_sent = site.chunk(1)
+    site.main.stop()
+    far_future = datetime.now(UTC) + timedelta(days=30)
+
+    with pytest.raises(RemoteError):
+        send(site.settings, RecordingNotifier(), now=far_future, connect_timeout=2)
+    assert never_sent.exists()  # the main never confirmed it
+    assert not confirmed.exists()  # an earlier run did, and its hour is past retention
+
+    # A ledger recorded for another main counts for nothing: kept, offered to this main.
+    other = site.chunk(2)
+    ledger = site.data / ".collector" / LEDGER_FILE
+    ledger.write_text(json.dumps({"main": "someone@elsewhere:22",
+                                  "chunks": {site.relative(other): list(stamp(other))}}))
+    with pytest.raises(RemoteError, match=r"; 2 chunks kept here$"):
+        send(site.settings, RecordingNotifier(), now=far_future, connect_timeout=2)
+    assert other.exists() and never_sent.exists()
+
+
+def test_a_new_main_gets_every_kept_chunk_again(
+        site: Site, push_user: str, tmp_path: Path, write_settings: SettingsWriter) -> None:
+    """After a promotion the secondary's kept chunks are its contribution to the new main."""
+    chunks = [site.chunk(minute) for minute in (0, 1, 60)]
+    send(site.settings, RecordingNotifier())
+    new_main = MainSshd(push_user)
+    try:
+        secondary = new_main.add_secondary(SERVER, tmp_path / "ssh-new")
+        new_main.start()
+        promoted = Site(new_main, secondary, write_settings, tmp_path)
+        already = site.relative(chunks[0])  # adopted from the replica the new main held
+        promoted.put_on_main(already, chunks[0].read_bytes())
+
+        result = send(promoted.settings, RecordingNotifier())
+
+        assert result.already_on_main == [already]
+        assert sorted(result.sent) == sorted(site.relative(p) for p in chunks[1:])
+        assert promoted.remote_files() == {site.relative(p): p.read_bytes() for p in chunks}
+        assert all(path.exists() for path in chunks)
+        assert promoted.ledger()["main"] == promoted.label
+        assert sorted(promoted.ledger()["chunks"]) == sorted(  # type: ignore[call-overload]
+            site.relative(p) for p in chunks)
+    finally:
+        new_main.cleanup()
+
+
+def test_send_prunes_this_hosts_replica_store_by_the_replicated_ledger(
+        write_settings: SettingsWriter, tmp_path: Path) -> None:
+    """Replica chunks of hours past retention that the main merged (or pruned) go; the vault
+    copy and everything the ledger does not vouch for stay. No connection needed."""
+    replica = tmp_path / "replica"
+    settings = load_settings(write_settings(main_port="9", replica_dst=str(replica),
+                                            timezone="UTC"))
+    old = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+
+    def held(server: str, moment: datetime, content: bytes = b"{}\n") -> Path:
+        path = chunk_path(replica / "chunks" / server, server, moment, settings.timezone)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        return path
+
+    merged = held("srv0", old)
+    unmerged = held("srv0", old + timedelta(minutes=1))  # the ledger does not list it
+    pruned_hour = held("srv9", old + timedelta(hours=1))
+    recent = held("srv0", BASE)
+    vault = replica / "vault" / "2026-01-01" / "2026-01-01_09_IDs.txt.xz"
+    vault.parent.mkdir(parents=True)
+    vault.write_bytes(b"ids")
+    (replica / "state").mkdir()
+    (replica / "state" / "process_ledger.json").write_bytes(orjson.dumps({"version": 1, "hours": {
+        "2026-01-01T09": {"chunks": {f"srv0/{merged.name}": 3}, "processed_at": "x"},
+        "2026-01-01T10": {"pruned": True},
+        f"{BASE:%Y-%m-%dT%H}": {"chunks": {f"srv0/{recent.name}": 3}, "processed_at": "x"},
+    }}))
+
+    result = send(settings, RecordingNotifier())
+
+    assert result.rsync_runs == 0 and result.replica_pruned == 2
+    assert not merged.exists() and not pruned_hour.exists()
+    assert not pruned_hour.parent.exists()  # its emptied hour folder too
+    assert unmerged.exists() and recent.exists() and vault.read_bytes() == b"ids"
 
 
 def test_chunk_on_the_main_is_never_half_visible(site: Site) -> None:
@@ -275,7 +406,7 @@ def test_chunk_on_the_main_is_never_half_visible(site: Site) -> None:
     closed_bytes = closed.read_bytes()
     send(site.settings, RecordingNotifier())
     assert site.remote_files()[site.relative(closed)] == closed_bytes
-    assert not closed.exists()
+    assert closed.exists() and site.relative(closed) in site.ledger()["chunks"]  # type: ignore[operator]
 
 
 # ---- failures -----------------------------------------------------------------------------
@@ -307,7 +438,8 @@ def test_main_unreachable_three_runs_then_back_every_chunk_arrives_once(
     assert code == 0, err
     assert "works again after 3 failed runs" in err
     assert site.remote_files() == expected  # each exactly once, no temp files left over
-    assert site.local_chunks() == []
+    assert site.local_chunks() == sorted(expected)  # kept, now confirmed
+    assert sorted(site.ledger()["chunks"]) == sorted(expected)  # type: ignore[call-overload]
     state = site.state()
     assert state["consecutive_failures"] == 0 and state["last_error"] == ""
     assert state["last_success_files"] == len(expected)
@@ -323,7 +455,7 @@ def test_main_unreachable_three_runs_then_back_every_chunk_arrives_once(
     assert "3 runs in a row: connection refused" in notifier.alerts[0][1]
 
 
-def test_refused_key_is_one_line_and_deletes_nothing(
+def test_refused_key_is_one_line_and_records_nothing(
         main_sshd: MainSshd, write_settings: SettingsWriter, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     secondary = main_sshd.add_secondary(SERVER, tmp_path / "ssh")
@@ -342,6 +474,7 @@ def test_refused_key_is_one_line_and_deletes_nothing(
     assert all(path.exists() for path in chunks)
     assert site.remote_files() == {}
     assert site.state()["consecutive_failures"] == 1
+    assert not (site.data / ".collector" / LEDGER_FILE).exists()
 
 
 @pytest.mark.parametrize(("known_hosts", "explanation"), [
@@ -350,7 +483,7 @@ def test_refused_key_is_one_line_and_deletes_nothing(
     ("empty", "the main's host key is not in known_hosts; pin it first (not connecting "
               "blindly)"),
 ])
-def test_host_key_mismatch_is_one_line_and_deletes_nothing(
+def test_host_key_mismatch_is_one_line_and_records_nothing(
         site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str], known_hosts: str,
         explanation: str) -> None:
     pinned = tmp_path / "ssh" / "known_hosts"
@@ -370,6 +503,11 @@ def test_host_key_mismatch_is_one_line_and_deletes_nothing(
 
 def test_run_timeout_stops_the_push_and_keeps_the_chunk(site: Site) -> None:
     big = site.chunk(0, lines=3000)
+    # Random text compresses as little as the real stream's varied tweets (the sample pool
+    # repeats itself, and rsync compresses on the wire), so the bandwidth limit bites.
+    big.write_bytes(big.read_bytes() + b"".join(
+        orjson.dumps({"data": {"id": "1", "text": os.urandom(600).hex()}}) + b"\n"
+        for _ in range(2000)))
     data = big.read_bytes()
     started = time.monotonic()
     with pytest.raises(RemoteError, match=r"the push did not finish within 1\.5 s; "
@@ -386,11 +524,11 @@ def test_run_timeout_stops_the_push_and_keeps_the_chunk(site: Site) -> None:
     assert site.remote_files() == {site.relative(big): data}
 
 
-# ---- deleted only once durable on the main ----------------------------------------------
+# ---- confirmed only once durable on the main --------------------------------------------
 
 
 @both_rsyncs
-def test_receiver_failing_after_a_complete_rsync_deletes_nothing(
+def test_receiver_failing_after_a_complete_rsync_confirms_nothing(
         main_sshd: MainSshd, write_settings: SettingsWriter, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """rrsync wrote every chunk, then the main could not sync: the session must count as failed.
@@ -414,21 +552,28 @@ def test_receiver_failing_after_a_complete_rsync_deletes_nothing(
         f"syncfs({site.incoming}) failed: Input/output error; 3 chunks kept here"]
     assert "Traceback" not in err
     assert site.remote_files() == expected  # the transfer itself was complete...
-    assert site.local_chunks() == sorted(expected)  # ...and still nothing was deleted here
-    assert site.state()["consecutive_failures"] == 1
+    assert not (site.data / ".collector" / LEDGER_FILE).exists()  # ...and nothing counts
+    # as confirmed: retention, however late, deletes nothing.
+    far_future = datetime.now(UTC) + timedelta(days=30)
+    with pytest.raises(RemoteError):
+        send(site.settings, RecordingNotifier(), now=far_future)
+    assert site.local_chunks() == sorted(expected)
+    assert site.state()["consecutive_failures"] == 2
 
     # Once the main syncs again, the next run confirms the copies it already holds.
     main_sshd.set_forced_command(SERVER, None)
     result = send(site.settings, RecordingNotifier())
     assert result.sent == [] and sorted(result.already_on_main) == sorted(expected)
-    assert site.local_chunks() == [] and site.remote_files() == expected
+    assert site.local_chunks() == sorted(expected) and site.remote_files() == expected
+    assert sorted(site.ledger()["chunks"]) == sorted(expected)  # type: ignore[call-overload]
     assert site.state()["consecutive_failures"] == 0
 
 
 @both_rsyncs
 def test_verify_pass_failing_keeps_chunks_that_already_reached_the_main(
         main_sshd: MainSshd, write_settings: SettingsWriter, tmp_path: Path) -> None:
-    """Pass 1 succeeds (synced), the comparing pass fails: nothing is deleted before it passes."""
+    """Pass 1 succeeds (synced), the comparing pass fails: nothing is confirmed before it
+    passes."""
     fails_on_verify = main_sshd.root / "bin" / "fail-on-verify"
     fails_on_verify.write_text(
         "#!/bin/sh\n"
@@ -444,24 +589,25 @@ def test_verify_pass_failing_keeps_chunks_that_already_reached_the_main(
 
     with pytest.raises(RemoteError, match=r": the main's receiver failed: test refuses the "
                                           r"comparing pass; 2 chunks kept here \(2 reached the "
-                                          r"main and are deleted here once a later run confirms "
-                                          r"them\)$"):
+                                          r"main and are confirmed by a later run\)$"):
         send(site.settings, RecordingNotifier())
     assert site.remote_files() == expected
     assert site.local_chunks() == sorted(expected)
+    assert not (site.data / ".collector" / LEDGER_FILE).exists()
 
     main_sshd.set_forced_command(SERVER, None)
     result = send(site.settings, RecordingNotifier())
-    assert sorted(result.already_on_main) == sorted(expected) and site.local_chunks() == []
+    assert sorted(result.already_on_main) == sorted(expected)
+    assert site.local_chunks() == sorted(expected) and result.kept == 2
 
 
 # ---- same name on both sides --------------------------------------------------------------
 
 
 @both_rsyncs
-def test_identical_copy_on_main_deletes_local_different_copy_is_kept_on_both_sides(
+def test_identical_copy_on_main_is_confirmed_different_copy_is_kept_on_both_sides(
         site: Site, capsys: pytest.CaptureFixture[str]) -> None:
-    already = site.chunk(0)   # a previous run delivered it but was cut off before deleting
+    already = site.chunk(0)   # a previous run delivered it but was cut off before confirming
     clash = site.chunk(1)     # same name, other content on the main
     fresh = site.chunk(2)
     for path, content in ((already, already.read_bytes()), (clash, b'{"other": 1}\n')):
@@ -480,8 +626,10 @@ def test_identical_copy_on_main_deletes_local_different_copy_is_kept_on_both_sid
         f"{site.relative(clash)}); the others were sent"]
     assert "ALERT send_conflict" in err
     assert site.remote_files() == expected_on_main
-    assert site.local_chunks() == [site.relative(clash)]
-    assert clash.read_bytes() == clash_local  # not deleted either
+    assert site.local_chunks() == sorted(expected_on_main)  # every one kept here
+    assert sorted(site.ledger()["chunks"]) == sorted(  # type: ignore[call-overload]
+        [site.relative(already), site.relative(fresh)])  # the clash is not confirmed
+    assert clash.read_bytes() == clash_local
     state = site.state()
     assert state["conflicts"] == [site.relative(clash)]
     assert state["consecutive_failures"] == 0  # the main was reachable
@@ -547,7 +695,7 @@ def test_cli_as_a_real_process(site: Site) -> None:
     assert re.search(r"send to \S+ done: 1 chunks sent \(\d+ bytes\), 0 already on the main",
                      process.stderr)
     assert site.remote_files() == {site.relative(chunk): data}
-    assert not chunk.exists()
+    assert chunk.exists() and site.relative(chunk) in site.ledger()["chunks"]  # type: ignore[operator]
 
 
 def test_send_on_the_main_is_refused_with_one_line(
