@@ -23,6 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "send": ("collector.commands.send", "push closed chunks to the main (secondary)"),
     "receive": ("collector.commands.receive",
                 "receive one secondary's push: the forced command of its key (main)"),
+    "replicate": ("collector.commands.replicate",
+                  "copy the main's own chunks, departed servers' chunks and vault to every "
+                  "secondary (main)"),
+    "adopt": ("collector.commands.adopt",
+              "take over the replicas this host holds when it becomes the main (main)"),
     "process": ("collector.commands.process", "merge every due hour of all servers into the vault"),
     "upload": ("collector.commands.upload", "upload new IDs files and day reports to OSF"),
     "report": ("collector.commands.report", "the day's report table and coverage plot"),

@@ -13,6 +13,12 @@ hour's folder after the hour was processed updates that cell of its line in plac
 The file is read by column name, so a report written before a server joined the fleet is
 still read, and rewritten with today's columns (missing cells empty) when an hour of that day
 is reprocessed. `collector report` reuses `read_report`.
+
+A server that left `servers` (a destroyed main, a retired secondary) keeps a column after
+those of `servers`, sorted, for as long as some line of the day has a count for it: its
+chunks were merged into those hours (`collector.process` merges a departed server's chunks
+until retention removes them). Lines of hours it has no chunks in leave that cell empty, and
+a day it has no count in has no column for it.
 """
 
 from __future__ import annotations
@@ -100,9 +106,24 @@ def render_report(report: DayReport) -> str:
     return "\n".join(out) + "\n"
 
 
+def server_columns(report: DayReport, servers: Sequence[str],
+                   line: HourLine | None = None) -> tuple[str, ...]:
+    """The day's server columns (pure): `servers`, then, sorted, every other server that
+    has a count in `line` or in a line of `report` (other than `line`'s hour, which `line`
+    replaces). Server columns of a report are those between `hour` and `total`."""
+    old = report.columns
+    earlier = old[1:old.index("total")] if old[:1] == ("hour",) and "total" in old else ()
+    replaced = line.hour if line is not None else None
+    others = {server for server in earlier if server not in servers and any(
+        row.get(server, "") for hour, row in report.rows.items() if hour != replaced)}
+    if line is not None:
+        others |= {server for server in line.per_server if server not in servers}
+    return (*servers, *sorted(others))
+
+
 def with_hour(report: DayReport, line: HourLine, servers: Sequence[str]) -> DayReport:
     """The report with `line` added or replacing the line of the same hour (pure)."""
-    columns = report_columns(servers)
+    columns = report_columns(server_columns(report, servers, line))
     rows = {hour: {column: row.get(column, "") for column in columns}
             for hour, row in report.rows.items()}
     rows[line.hour] = line.cells(columns)
@@ -115,7 +136,7 @@ def with_cells(report: DayReport, hour: str, counts: Mapping[str, int],
     None when the report has no line for `hour` (pure)."""
     if hour not in report.rows:
         return None
-    columns = report_columns(servers)
+    columns = report_columns(server_columns(report, servers))
     rows = {label: {column: row.get(column, "") for column in columns}
             for label, row in report.rows.items()}
     rows[hour].update({name: str(n) for name, n in counts.items() if name in columns})

@@ -18,6 +18,19 @@ either side of the boundary) is dropped from the later hour: each hour is merged
 with the ids of the previous hour's last `LOOKBACK_MINUTES` of chunks, and those chunks are
 part of what the ledger records for it, so a late one there reprocesses both hours.
 
+Sources: this host's own chunks and every secondary's incoming folder, in `servers` order,
+then the incoming folders of departed servers (in no `servers` any more: a destroyed main
+after a promotion, a retired secondary), sorted, read like any secondary's. Their chunks are
+merged until retention removes them, so an hour they captured keeps every id; the report
+shows a departed server only in the hours it has chunks in (`reported_servers`).
+
+Never fewer ids: before an hour's outputs are replaced, its existing IDs file is compared
+with the new merge (`check_fewer_ids`). If the merge lacks any id the file holds, other than
+ids the previous hour's tail received first (the rule above moved those, legitimately),
+nothing of the hour is replaced (IDs, tweets, users, coverage, report line): the hour is
+recorded in the ledger with `fewer_ids` so it is not merged again until its chunks change,
+logged one line, counted (`ProcessResult.fewer_ids`) and alerted (`fewer_ids`, once per run).
+
 Safety: one run at a time (`flock` on `state_dir/process.lock`); outputs are written
 atomically (collector.outputs); inputs are only ever read, and removed only by retention
 after their hour's outputs exist.
@@ -47,13 +60,15 @@ import contextlib
 import ctypes
 import fcntl
 import logging
+import lzma
 import os
 import pickle
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Container, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -86,6 +101,7 @@ from collector.layout import (
     scan_tree,
 )
 from collector.merge import (
+    MAX_SERVERS,
     SKIP_REASONS,
     USER_COLUMNS,
     HourIndex,
@@ -138,7 +154,15 @@ class ChunkFile:
 
 
 def sources(settings: Settings) -> list[Source]:
-    """This host's own chunks and every other server's incoming folder, in `servers` order."""
+    """This host's own chunks and every other server's incoming folder, in `servers` order,
+    then the folders of departed servers (`departed_server_ids`, sorted).
+
+    The order is the merge's reading order, which decides ties (collector.merge): servers
+    first keeps every hour of a fleet that lost no host exactly as before; a departed
+    server comes last because it is no longer in `servers`, and its chunks are still read
+    exactly like a secondary's folder (they may have been written by anyone holding its
+    key, or by the dead main's key as replicas).
+    """
     found = []
     for index, server_id in enumerate(settings.servers):
         if server_id == settings.server_id:
@@ -150,7 +174,19 @@ def sources(settings: Settings) -> list[Source]:
             quarantine = settings.incoming_dst / QUARANTINE_DIR / server_id
         found.append(Source(index, server_id, root, quarantine,
                             own=server_id == settings.server_id))
+    for server_id in departed_server_ids(settings):
+        assert settings.incoming_dst is not None  # departed_server_ids found it there
+        found.append(Source(len(found), server_id, settings.incoming_dst / server_id,
+                            settings.incoming_dst / QUARANTINE_DIR / server_id))
+    if len(found) > MAX_SERVERS:
+        raise CollectorError(f"{len(found)} servers to merge (servers and departed folders in "
+                             f"{settings.incoming_dst}); at most {MAX_SERVERS} are supported")
     return found
+
+
+def source_ids(all_sources: list[Source]) -> tuple[str, ...]:
+    """The server ids by merge index: the names of the index's server bits."""
+    return tuple(source.server_id for source in all_sources)
 
 
 # A server id as the role writes it (an inventory name); anything else in incoming_dst is
@@ -366,7 +402,9 @@ def quarantine_alert(entries: list[QuarantinedEntry], limit: int = 20) -> tuple[
 
 @dataclass
 class Ledger:
-    """What each processed hour was made from: {hour: {"chunks": {key: size}} or pruned}."""
+    """What each processed hour was made from: {hour: {"chunks": {key: size}} or pruned};
+    an hour whose outputs were kept by the fewer-ids guard also holds `fewer_ids`
+    ({"published", "merged", "missing"} counts)."""
 
     path: Path
     hours: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -403,11 +441,18 @@ class Ledger:
     def is_pruned(self, hour: HourKey) -> bool:
         return bool(self.hours.get(str(hour), {}).get("pruned"))
 
-    def record(self, hour: HourKey, chunks: list[ChunkFile]) -> None:
-        self.hours[str(hour)] = {
+    def record(self, hour: HourKey, chunks: list[ChunkFile],
+               fewer_ids: FewerIds | None = None) -> None:
+        """The hour was merged from `chunks`; with `fewer_ids`, its outputs were kept
+        instead (`fewer_ids`: published, merged, missing counts), so the same chunks are
+        not merged again (is_current) but any new or changed chunk is."""
+        entry: dict[str, Any] = {
             "chunks": {chunk.key: chunk.size for chunk in chunks},
             "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if fewer_ids is not None:
+            entry["fewer_ids"] = fewer_ids.ledger_entry()
+        self.hours[str(hour)] = entry
 
 
 # ---- planning (pure given the scan) ----------------------------------------------------------
@@ -488,14 +533,17 @@ class HourResult:
     tweets: int
     users: int
     line: HourLine
+    fewer_ids: FewerIds | None = None  # set: nothing was written (see check_fewer_ids)
 
 
 @dataclass
 class ProcessResult:
-    hours: list[HourResult] = field(default_factory=list)
+    hours: list[HourResult] = field(default_factory=list)  # hours whose outputs were written
     pruned_hours: int = 0
     timings: Timings = field(default_factory=Timings)
     quarantined: list[QuarantinedEntry] = field(default_factory=list)
+    # Hours merged but not written: their published IDs file holds ids the merge lacks.
+    fewer_ids: list[FewerIds] = field(default_factory=list)
 
 
 class KeptLines:
@@ -531,6 +579,9 @@ class HourRead:
     index: HourIndex
     lines: KeptLines
     read: list[ChunkFile] = field(default_factory=list)
+    # Ids in the previous hour's tail (dropped from this hour if it had them): the ids the
+    # fewer-ids guard excuses, since they were published in the previous hour instead.
+    earlier_ids: set[int] = field(default_factory=set)
 
 
 def chunk_minute(path: Path) -> int:
@@ -617,6 +668,7 @@ def read_hour(hour: HourKey, chunks: list[ChunkFile], servers: tuple[str, ...],
         for partial, _ in partials[1:] + ([mine] if partials else []):
             index.absorb(partial)
         earlier_read: list[ChunkFile] = []
+        ids: set[int] = set()
         if earlier:
             ids, earlier_read = received_earlier(earlier, quarantine, max_bytes)
             index.drop_received_earlier(ids)
@@ -626,7 +678,7 @@ def read_hour(hour: HourKey, chunks: list[ChunkFile], servers: tuple[str, ...],
     except BaseException:
         lines.close()
         raise
-    return HourRead(index, lines, opened + earlier_read)
+    return HourRead(index, lines, opened + earlier_read, ids)
 
 
 # (chunk number, server number, minute, path to read it by, bytes to read: fstat's at open)
@@ -708,13 +760,29 @@ def _index_helper_main(request: str) -> None:
     sys.stdout.buffer.flush()
 
 
-def report_line(hour: HourKey, index: HourIndex, quarantined: int = 0) -> HourLine:
-    counts = index.server_counts()
+def reported_servers(servers: tuple[str, ...], all_ids: tuple[str, ...],
+                     present: set[str]) -> tuple[str, ...]:
+    """The servers an hour's report line and coverage counts show (pure): every server of
+    `servers` (one without chunks shows 0: it missed the hour), then each departed server
+    that has chunks in the hour. A departed server after its death is no missing capture,
+    just no longer part of the fleet: counting it would make every later tweet a `diff`."""
+    return (*servers, *(s for s in all_ids if s not in servers and s in present))
+
+
+def report_line(hour: HourKey, index: HourIndex, quarantined: int = 0,
+                shown: tuple[str, ...] | None = None) -> HourLine:
+    """The hour's report line over the servers `shown` (default: all the index's); `diff`
+    counts the tweets that not every shown server captured."""
+    shown = tuple(index.servers) if shown is None else shown
+    counts = dict(zip(index.servers, index.server_counts(), strict=True))
+    bits = sum(1 << n for n, server in enumerate(index.servers) if server in shown)
+    masks = Counter(entry[:8] for entry in index.entries.values())
+    diff = sum(n for mask, n in masks.items() if int.from_bytes(mask, "little") & bits != bits)
     extra = {"duplicates": index.duplicates, "chunks": index.chunks}
     extra.update({reason: index.skipped.get(reason, 0) for reason in SKIP_REASONS})
     extra["quarantined"] = quarantined
-    return HourLine(hour.hour, dict(zip(index.servers, counts, strict=True)),
-                    len(index.entries), index.diff(), extra)
+    return HourLine(hour.hour, {server: counts[server] for server in shown},
+                    len(index.entries), diff, extra)
 
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters
@@ -761,24 +829,34 @@ def _timed(rows: Iterator[bytes], timings: Timings) -> Iterator[bytes]:
 
 def write_hour(hour: HourKey, read: HourRead, settings: Settings, vault: Path,
                pool: ThreadPoolExecutor, workers: int, timings: Timings,
-               quarantined: int = 0) -> HourResult:
+               quarantined: int = 0, shown: tuple[str, ...] | None = None) -> HourResult:
     """Pass 2: render the rows into the compressors and write the hour's three files, its
-    coverage counts and its report line; all atomically."""
+    coverage counts and its report line; all atomically.
+
+    Unless the hour's IDs file already holds ids this merge lacks (`check_fewer_ids`): then
+    nothing is written and the result says so (`fewer_ids`), so an hour is never published
+    again with fewer ids than before. `shown` are the servers of the report line and the
+    coverage counts (`reported_servers`; default every server of the index).
+    """
     index, lines = read.index, read.lines
     try:
         started = time.perf_counter()
-        line = report_line(hour, index, quarantined)
-        minute_counts = index.minute_counts()
+        line = report_line(hour, index, quarantined, shown)
+        minute_counts = {server: minutes for server, minutes in index.minute_counts().items()
+                         if server in line.per_server}
         plan = index.plan()
         # Pass 2 needs only the plan: give the index's memory back before the compressors
         # take theirs.
         read.index = HourIndex(index.servers)
         del index
         release_free_memory()
+        ids_path, tweets_path, users_path = output_paths(vault, hour)
+        fewer = check_fewer_ids(hour, ids_path, plan.ids, read.earlier_ids)
         timings.merging += time.perf_counter() - started
+        if fewer is not None:
+            return HourResult(hour, len(plan.ids), len(plan.users), line, fewer)
 
         started = time.perf_counter()
-        ids_path, tweets_path, users_path = output_paths(vault, hour)
         remove_stale_temps(ids_path.parent)
         tweets = _timed(plan.tweet_rows(lines.read_line), timings)
         users = _timed(plan.user_rows(lines.read_line), timings)
@@ -796,6 +874,141 @@ def write_hour(hour: HourKey, read: HourRead, settings: Settings, vault: Path,
     finally:
         lines.close()
     return HourResult(hour, len(plan.ids), len(plan.users), line)
+
+
+# ---- the fewer-ids guard ---------------------------------------------------------------------
+
+# Counting the missing ids stops here: the guard's decision is made at the first one, the count
+# only tells the operator how bad it is, and a hostile or broken file cannot keep it reading.
+MISSING_COUNT_CAP = 1_000_000
+_EXAMPLES = 3
+
+
+class UnreadableIds(ValueError):
+    """An existing IDs file that is not one: not xz, or lines that are not ascending ids."""
+
+
+@dataclass(frozen=True)
+class IdComparison:
+    """A published IDs file against a new merge's ids (`compare_ids`)."""
+
+    published: int  # ids read from the published file
+    missing: int  # of those, ids the merge lacks and the previous hour's tail does not excuse
+    moved: int  # ids the merge lacks because the previous hour's tail received them first
+    examples: tuple[int, ...]  # the first few missing ids (public tweet ids, fine to log)
+    capped: bool  # counting stopped at MISSING_COUNT_CAP: `missing` is a lower bound
+
+
+def compare_ids(published: Iterable[bytes], merged: Sequence[int], moved_ok: Container[int],
+                cap: int = MISSING_COUNT_CAP) -> IdComparison:
+    """Which ids of a published IDs file (its lines, ascending) the new merge (`merged`,
+    ascending) lacks; ids in `moved_ok` (received in the previous hour's tail) do not count
+    as missing: the LOOKBACK rule moved them to the previous hour, legitimately (pure).
+
+    One pass over both sorted sequences, holding nothing but a few counters, so the cost is
+    reading the file; UnreadableIds when a line is not an ASCII id with its newline, or the
+    ids do not strictly ascend (so no file can make the walk longer than the merge, the
+    excused ids and `cap` missing ones).
+    """
+    position, count = 0, len(merged)
+    read = missing = moved = 0
+    examples: list[int] = []
+    last = -1
+    for line in published:
+        if not line.endswith(b"\n") or not line[:-1].isdigit():  # bytes: ASCII digits
+            raise UnreadableIds(f"line {read + 1} is not an id")
+        tweet_id = int(line[:-1])
+        if tweet_id <= last:
+            raise UnreadableIds(f"line {read + 1} is not in ascending order")
+        last = tweet_id
+        read += 1
+        while position < count and merged[position] < tweet_id:
+            position += 1
+        if position < count and merged[position] == tweet_id:
+            position += 1
+        elif tweet_id in moved_ok:
+            moved += 1
+        else:
+            missing += 1
+            if len(examples) < _EXAMPLES:
+                examples.append(tweet_id)
+            if missing >= cap:
+                return IdComparison(read, missing, moved, tuple(examples), True)
+    return IdComparison(read, missing, moved, tuple(examples), False)
+
+
+@dataclass(frozen=True)
+class FewerIds:
+    """An hour whose new merge lacked published ids: its outputs were kept as they were."""
+
+    hour: HourKey
+    published: int
+    merged: int
+    missing: int
+    examples: tuple[int, ...]
+    capped: bool
+
+    def ledger_entry(self) -> dict[str, Any]:
+        return {"published": self.published, "merged": self.merged, "missing": self.missing}
+
+    def describe(self) -> str:
+        """`12 of its 2000 ids (e.g. 1234, 1240)` (pure)."""
+        at_least = "at least " if self.capped else ""
+        examples = ", ".join(str(i) for i in self.examples)
+        return f"{at_least}{self.missing} of its {self.published} ids (e.g. {examples})"
+
+
+def check_fewer_ids(hour: HourKey, ids_path: Path, merged: Sequence[int],
+                    moved_ok: Container[int]) -> FewerIds | None:
+    """Whether writing this merge would publish the hour with fewer ids than its IDs file
+    holds now: a FewerIds (and one warning) if so, else None.
+
+    Why: after a promotion, a restore, or chunks lost or quarantined, a re-merge can see
+    less than the merge that was published; replacing the file would take those ids off
+    OSF. Only an existing file is read (xz-decompressing a few MB, streamed: nothing but
+    counters is kept). A file that cannot be read as an IDs file cannot be compared: it is
+    logged and replaced by the merge, which repairs it.
+    """
+    try:
+        with lzma.open(ids_path, "rb") as handle:
+            found = compare_ids(handle, merged, moved_ok)
+    except FileNotFoundError:
+        return None
+    except (OSError, lzma.LZMAError, EOFError, UnreadableIds) as error:
+        detail = (os.strerror(error.errno) if isinstance(error, OSError) and error.errno
+                  else str(error) or type(error).__name__)
+        log.warning("the existing IDs file of %s cannot be read (%s); it cannot be compared "
+                    "and is replaced by the new merge", hour, detail)
+        return None
+    if not found.missing:
+        return None
+    fewer = FewerIds(hour, found.published, len(merged), found.missing, found.examples,
+                     found.capped)
+    log.warning("kept the published outputs of %s: the new merge lacks %s; they are not "
+                "replaced until the hour's chunks change", hour, fewer.describe())
+    return fewer
+
+
+def fewer_ids_alert(kept: list[FewerIds], limit: int = 20) -> tuple[str, str]:
+    """Subject and body of the `fewer_ids` alert, one per run (pure)."""
+    first = kept[0]
+    subject = (f"{len(kept)} hour{'s' if len(kept) > 1 else ''} kept their published "
+               f"outputs: re-merging {first.hour} would drop {first.describe()}")
+    lines = [f"- {k.hour}: the merge lacks {k.describe()}; it has {k.merged} ids"
+             for k in kept[:limit]]
+    if len(kept) > limit:
+        lines.append(f"- ... and {len(kept) - limit} more (one log line each)")
+    body = "\n".join([
+        "Merging these hours again from the chunks this main holds now gave fewer ids than",
+        "their published IDs files hold, so their outputs (IDs, tweets, users, report line)",
+        "were left as they are: an hour is never published again with fewer ids.",
+        "", *lines, "",
+        "Usually some chunks the published merge used are not on this host (yet): after a",
+        "promotion, a secondary that has not re-pushed its kept chunks, or a chunk moved to",
+        "the quarantine. Each hour is merged again as soon as its chunks change; nothing is",
+        "retried before that. Its entry in state_dir/process_ledger.json says `fewer_ids`.",
+    ])
+    return subject, body
 
 
 # ---- retention -------------------------------------------------------------------------------
@@ -868,6 +1081,8 @@ class Progress:
             if self.done == self.total:
                 self.stream.write("\n")
             self.stream.flush()
+        if result.fewer_ids is not None:
+            return  # check_fewer_ids logged its one line
         log.info("processed %s (%d/%d): %d tweets, %d users, diff %d, %d lines skipped",
                  result.hour, self.done, self.total, result.tweets, result.users,
                  result.line.diff, sum(result.line.extra.get(r, 0) for r in SKIP_REASONS))
@@ -908,6 +1123,11 @@ def _process(settings: Settings, hour: HourKey | None, force: bool, now: datetim
     vault = settings.data_vault_dst
     workers = workers or max(1, min(os.cpu_count() or 1, 4))
     with process_lock(settings.state_dir):
+        replica = unadopted_replica(settings)
+        if replica is not None:
+            raise CollectorError(f"{replica} holds replicas this main has not adopted yet (it "
+                                 f"has no {LEDGER_NAME}): run collector adopt first, or hours "
+                                 f"would be published without them")
         ledger = Ledger.load(settings.state_dir / LEDGER_NAME)
         all_sources = sources(settings)
         found = scan_sources(all_sources, settings.max_chunk_bytes)
@@ -938,7 +1158,33 @@ def _process(settings: Settings, hour: HourKey | None, force: bool, now: datetim
             if quarantine.entries:
                 subject, body = quarantine_alert(quarantine.entries)
                 notify.make_notifier(settings).alert(notify.ENTRIES_QUARANTINED, subject, body)
+            # Likewise: a kept hour is in the ledger already, so no later run tells it again
+            # until its chunks change. Once per run, however many hours.
+            if result.fewer_ids:
+                subject, body = fewer_ids_alert(result.fewer_ids)
+                notify.make_notifier(settings).alert(notify.FEWER_IDS, subject, body)
         return result
+
+
+def unadopted_replica(settings: Settings) -> Path | None:
+    """`replica_dst` when it holds something (chunks, vault files, a ledger) while this main
+    has no ledger of its own yet: a host just promoted whose `collector adopt` has not run.
+
+    Processing then would publish every hour from the survivors' chunks alone, without the
+    old main's chunks and vault, and the vault copy adopted later would lose to those files
+    (adopt keeps the local one). `collector adopt` always leaves a ledger behind once it
+    found anything, so this only ever holds until it ran once.
+    """
+    if settings.replica_dst is None or os.path.lexists(settings.state_dir / LEDGER_NAME):
+        return None
+    for part in ("chunks", "vault", "state"):
+        try:
+            with os.scandir(settings.replica_dst / part) as entries:
+                if any(not entry.name.startswith(".") for entry in entries):
+                    return settings.replica_dst
+        except OSError:
+            continue  # missing or unreadable: adopt would find nothing there either
+    return None
 
 
 def recount_quarantined(entries: list[QuarantinedEntry], processed: set[HourKey],
@@ -983,22 +1229,28 @@ def _run_pipeline(todo: list[HourKey], scan: dict[HourKey, list[ChunkFile]], set
         log.info("no hour to process")
         return
     timings = result.timings
+    names = source_ids(all_sources)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xz") as pool:
         for number, hour in enumerate(todo):
             progress.reading(hour)
             chunks = scan[hour]
             earlier = lookback_chunks(hour, scan, settings)
-            hour_read = read_hour(hour, chunks, settings.servers, timings, workers, earlier,
+            hour_read = read_hour(hour, chunks, names, timings, workers, earlier,
                                   quarantine, settings.max_chunk_bytes)
             if number + 1 < len(todo):
                 read_ahead(scan[todo[number + 1]], settings.max_chunk_bytes)
             merged = hour_read.read
+            shown = reported_servers(settings.servers, names,
+                                     {chunk.source.server_id for chunk in chunks})
             hour_result = write_hour(hour, hour_read, settings, vault, pool, workers, timings,
-                                     quarantined_in_hour(all_sources, hour))
+                                     quarantined_in_hour(all_sources, hour), shown)
             del hour_read
-            ledger.record(hour_result.hour, merged)
+            ledger.record(hour_result.hour, merged, hour_result.fewer_ids)
             ledger.save()
-            result.hours.append(hour_result)
+            if hour_result.fewer_ids is None:
+                result.hours.append(hour_result)
+            else:
+                result.fewer_ids.append(hour_result.fewer_ids)
             progress.finished(hour_result)
 
 

@@ -574,3 +574,191 @@ def test_full_disk_is_a_clear_error_and_inputs_stay(tmp_path: Path,
             "collector process: error: disk full while writing")
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+# ---- departed servers and the fewer-ids guard (issue 11) -------------------------------------
+
+def outputs_of(vault: Path, hour: HourKey) -> dict[str, bytes]:
+    """The three published files of an hour, as bytes."""
+    return {path.name: path.read_bytes()
+            for path in collector.process.output_paths(vault, hour)}
+
+
+def report_rows(vault: Path, day: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    lines = (vault / day / f"{day}_report.txt").read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = {}
+    for line in lines[1:]:
+        cells = line.split("\t")
+        assert len(cells) == len(header), line  # every line readable by column name
+        rows[cells[0]] = dict(zip(header, cells, strict=True))
+    return header, rows
+
+
+def test_a_departed_servers_chunks_stay_merged_and_only_its_hours_count_it(
+        main_settings: Settings, write_settings: Callable[..., Path],
+        tmp_path: Path) -> None:
+    """srv2 leaves the inventory (as a destroyed main does); its folder stays until
+    retention: every hour it has chunks in is merged with them, byte for byte as before,
+    though it is now read after srv3 (even where their copies tie on retrieved_at, which
+    twarc stamps to the second), and the hours after it left show no count or diff for it."""
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    fill_hour(main_settings, tweets=60)
+    tie = HOUR_START + timedelta(hours=2)  # 12: srv2 and srv3 receive every tweet together
+    factory = MessageFactory(base_time=tie)
+    same = [stream_line(factory.message(i), tie + timedelta(seconds=i // 4)) for i in range(40)]
+    write_chunk(main_settings, "srv2", tie, same)
+    write_chunk(main_settings, "srv3", tie, same)
+    noon = HourKey("2026-02-03", "12")
+    process(main_settings, now=tie + timedelta(hours=2))
+    before = {hour: outputs_of(vault, hour) for hour in (HOUR, noon)}
+    coverage_before = (vault / HOUR.day / ".coverage" / f"{HOUR.file_prefix}.json").read_bytes()
+
+    departed = load_settings(write_settings(
+        role="main", server_id="srv1", servers="srv1,srv3", data_vault_dst=str(vault),
+        incoming_dst=str(tmp_path / "incoming"), osf_enabled="False", main_host=None,
+        main_user=None))
+    assert collector.process.departed_server_ids(departed) == ["srv2"]
+    assert [s.server_id for s in collector.process.sources(departed)] == [
+        "srv1", "srv3", "srv2"]
+    eleven = HourKey("2026-02-03", "11")
+    later = HOUR_START + timedelta(hours=1)
+    factory = MessageFactory(base_time=later)
+    for server in ("srv1", "srv3"):
+        write_chunk(departed, server, later + timedelta(minutes=20),
+                    [stream_line(factory.message(i), later + timedelta(minutes=20))
+                     for i in range(10)])
+    result = process(departed, now=tie + timedelta(hours=2))
+    assert [r.hour for r in result.hours] == [eleven]  # 10 and 12 had nothing new
+    for hour in (HOUR, noon):
+        process(departed, hour=hour, now=tie + timedelta(hours=2))  # merged again, srv2 last
+        assert outputs_of(vault, hour) == before[hour]
+    assert (vault / HOUR.day / ".coverage" / f"{HOUR.file_prefix}.json").read_bytes() \
+        == coverage_before
+    header, rows = report_rows(vault, HOUR.day)
+    assert header[:5] == ["hour", "srv1", "srv3", "srv2", "total"]
+    want = expected_hour(all_sources(main_settings), HOUR)
+    assert {s: int(rows["10"][s]) for s in SERVERS} == want["per_server"]
+    assert int(rows["10"]["diff"]) == want["diff"]
+    assert rows["11"]["srv2"] == "" and rows["11"]["diff"] == "0"  # srv2 no longer counted
+    coverage = json.loads((vault / HOUR.day / ".coverage" / "2026-02-03_11.json").read_text())
+    assert sorted(coverage["counts"]) == ["srv1", "srv3"]
+    # Retention removes the departed folder's chunks too.
+    result = process(departed, now=tie + timedelta(days=8))
+    assert result.pruned_hours == 3
+    assert not list((tmp_path / "incoming" / "srv2").rglob("*.jsonl"))
+
+
+def _drop_last_minute(settings: Settings, start: datetime, keep: Path) -> tuple[Path, Path]:
+    """Move srv1's chunk of minute 59, which alone holds eight of the hour's tweets, to
+    `keep`; returns where it was and where it is."""
+    path = chunk_path(root_of(settings, "srv1"), "srv1", start + timedelta(minutes=59),
+                      settings.timezone)
+    keep.mkdir(exist_ok=True)
+    saved = keep / path.name
+    path.rename(saved)
+    return path, saved
+
+
+def test_an_hour_is_never_published_again_with_fewer_ids(
+        main_settings: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    noon = HourKey("2026-02-03", "12")
+    starts = {HOUR: HOUR_START, noon: HOUR_START + timedelta(hours=2)}
+    for start in starts.values():
+        fill_hour(main_settings, start, tweets=60)
+    assert len(process(main_settings, now=LATER + timedelta(hours=1)).hours) == 2
+    published = tree_bytes(vault)
+    # srv1's last minute goes missing (say, it was never replicated), and a late chunk of
+    # srv3 arrives: both hours are due again and their merges lack srv1's eight tweets.
+    saved = [_drop_last_minute(main_settings, start, tmp_path / "kept") for start in
+             starts.values()]
+    for start in starts.values():
+        write_chunk(main_settings, "srv3", start + timedelta(minutes=30),
+                    [stream_line(hostile(7 * 10**18 + start.hour, "late srv3"), start)])
+    caplog.clear()
+    result = process(main_settings, now=LATER + timedelta(hours=2))
+    assert result.hours == []
+    assert [(k.hour, k.missing) for k in result.fewer_ids] == [(HOUR, 8), (noon, 8)]
+    assert tree_bytes(vault) == published  # not a byte changed: outputs, report, coverage
+    kept_lines = [r.getMessage() for r in caplog.records
+                  if r.getMessage().startswith("kept the published outputs of")]
+    assert len(kept_lines) == 2
+    assert kept_lines[0].startswith("kept the published outputs of 2026-02-03T10: the new "
+                                    "merge lacks 8 of its ")
+    alerts = [r.getMessage() for r in caplog.records if "ALERT fewer_ids" in r.getMessage()]
+    assert len(alerts) == 1 and "2 hours kept their published outputs" in alerts[0]
+    ledger = json.loads((main_settings.state_dir / LEDGER_NAME).read_text())
+    total = len(read_outputs(vault, HOUR)["ids"])
+    assert ledger["hours"][str(HOUR)]["fewer_ids"] == {
+        "published": total, "merged": total - 8 + 1, "missing": 8}
+    # Not retried while its chunks stay as they are: no new log line, no new alert.
+    caplog.clear()
+    result = process(main_settings, now=LATER + timedelta(hours=3))
+    assert result.hours == [] and result.fewer_ids == []
+    assert "fewer_ids" not in caplog.text
+    # The chunk is back: the hour grows by srv3's late tweet and is published.
+    for path, kept in saved:
+        kept.rename(path)
+    result = process(main_settings, now=LATER + timedelta(hours=4))
+    assert [r.hour for r in result.hours] == [HOUR, noon] and result.fewer_ids == []
+    assert len(read_outputs(vault, HOUR)["ids"]) == total + 1
+    assert_matches(vault, HOUR, all_sources(main_settings))
+    assert "fewer_ids" not in json.loads(
+        (main_settings.state_dir / LEDGER_NAME).read_text())["hours"][str(HOUR)]
+
+
+def test_ids_moved_to_the_previous_hour_are_no_loss(main_settings: Settings) -> None:
+    """The LOOKBACK rule: a late chunk of the previous hour's tail shows a tweet was received
+    there first, so the later hour loses it legitimately and is replaced; an id missing for
+    any other reason in the same hour keeps the hour as published."""
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    factory = MessageFactory(base_time=HOUR_START)
+    boundary = HOUR_START + timedelta(hours=1)
+    eleven = HourKey("2026-02-03", "11")
+    early, moved, moved_too, only_srv1 = (factory.message(i) for i in range(4))
+    write_chunk(main_settings, "srv1", HOUR_START + timedelta(minutes=30),
+                [stream_line(early, HOUR_START + timedelta(minutes=30))])
+    write_chunk(main_settings, "srv2", boundary,
+                [stream_line(m, boundary + timedelta(seconds=2)) for m in (moved, moved_too)])
+    srv1_chunk = write_chunk(main_settings, "srv1", boundary + timedelta(minutes=5),
+                             [stream_line(only_srv1, boundary + timedelta(minutes=5))])
+    process(main_settings, now=boundary + timedelta(hours=2))
+    ids = {m["data"]["id"] for m in (moved, moved_too, only_srv1)}
+    assert set(read_outputs(vault, eleven)["ids"]) == ids
+    # srv3 received `moved` at 10:58: it belongs to 10 and leaves 11, which is replaced.
+    write_chunk(main_settings, "srv3", boundary - timedelta(minutes=2),
+                [stream_line(moved, boundary - timedelta(minutes=2))])
+    result = process(main_settings, now=boundary + timedelta(hours=3))
+    assert [str(r.hour) for r in result.hours] == ["2026-02-03T10", "2026-02-03T11"]
+    assert result.fewer_ids == []
+    assert set(read_outputs(vault, eleven)["ids"]) == ids - {moved["data"]["id"]}
+    # Now `moved_too` moves as well, but srv1's chunk with `only_srv1` is gone: kept.
+    published = outputs_of(vault, eleven)
+    srv1_chunk.unlink()
+    write_chunk(main_settings, "srv3", boundary - timedelta(minutes=1),
+                [stream_line(moved_too, boundary - timedelta(minutes=1))])
+    result = process(main_settings, now=boundary + timedelta(hours=4))
+    assert [str(r.hour) for r in result.hours] == ["2026-02-03T10"]
+    [kept] = result.fewer_ids
+    assert (kept.hour, kept.published, kept.merged, kept.missing) == (eleven, 2, 0, 1)
+    assert kept.examples == (int(only_srv1["data"]["id"]),)
+    assert outputs_of(vault, eleven) == published
+
+
+def test_an_unreadable_ids_file_is_replaced(main_settings: Settings,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    vault = main_settings.data_vault_dst
+    assert vault is not None
+    fill_hour(main_settings, tweets=60)
+    process(main_settings, now=LATER)
+    ids_path = collector.process.output_paths(vault, HOUR)[0]
+    good = ids_path.read_bytes()
+    ids_path.write_bytes(b"garbage")
+    result = process(main_settings, hour=HOUR, now=LATER)
+    assert [r.hour for r in result.hours] == [HOUR]
+    assert ids_path.read_bytes() == good
+    assert "the existing IDs file of 2026-02-03T10 cannot be read" in caplog.text
