@@ -11,17 +11,26 @@ import re
 from typing import Any
 
 import pytest
+import testinfra
 
 EXPOSURE_LIMIT = 2.0
 SETTINGS = "/etc/collector/server_settings.txt"
+AUTHORIZED_KEYS = "/etc/ssh/authorized_keys/collector"
+REPLICA = "/srv/collector/replica"
+COLLECTOR = "/opt/collector/venv/bin/collector"
 MAIN_ONLY_PATHS = ("/srv/collector/vault", "/srv/collector/incoming",
-                   "/etc/ssh/authorized_keys/collector", "/etc/ssh/sshd_config.d/collector.conf",
                    "/etc/collector/keys/osf_credentials.txt")
-SECONDARY_ONLY_PATHS = ("/etc/collector/ssh/id_ed25519", "/etc/collector/ssh/known_hosts")
+# Every host pushes (a secondary its chunks, the main its replicas) and receives.
+EVERY_HOST_PATHS = ("/etc/collector/ssh/id_ed25519", "/etc/collector/ssh/known_hosts",
+                    AUTHORIZED_KEYS, "/etc/ssh/sshd_config.d/collector.conf")
 
 
 def is_main(host: Any) -> bool:
     return "main" in host.ansible.get_variables()["group_names"]
+
+
+def groups(host: Any) -> dict[str, list[str]]:
+    return dict(host.ansible.get_variables()["groups"])
 
 
 def settings_of(host: Any) -> dict[str, str]:
@@ -55,6 +64,12 @@ def test_exposure_score_at_most_two(host: Any) -> None:
     ("/etc/collector/keys/twitter_api.txt", "root", "collector", 0o640),
     ("/srv/collector/data", "collector", "collector", 0o750),
     ("/etc/systemd/system/collector.service", "root", "root", 0o644),
+    ("/etc/collector/ssh/id_ed25519", "collector", "collector", 0o600),
+    ("/etc/collector/ssh/known_hosts", "root", "collector", 0o644),
+    (REPLICA, "collector", "collector", 0o750),
+    (f"{REPLICA}/chunks", "collector", "collector", 0o750),
+    (f"{REPLICA}/vault", "collector", "collector", 0o750),
+    (f"{REPLICA}/state", "collector", "collector", 0o750),
 ])
 def test_owners_and_modes(host: Any, path: str, owner: str, group: str, mode: int) -> None:
     target = host.file(path)
@@ -76,63 +91,87 @@ def test_settings_match_the_role(host: Any) -> None:
     settings = settings_of(host)
     assert settings["role"] == ("main" if is_main(host) else "secondary")
     assert settings["server_id"] == host.ansible.get_variables()["inventory_hostname"]
+    assert settings["replica_dst"] == REPLICA
+    assert "raw_retention_days" in settings and "ssh_identity_file" in settings
+    if is_main(host):
+        # One replica target per secondary, at the address the lab reaches it by.
+        assert sorted(target.split("@")[0] for target in settings["replicas"].split(",")) \
+            == sorted(groups(host)["secondary"])
+    else:
+        assert "replicas" not in settings
 
 
 def test_cron_only_where_it_belongs(host: Any) -> None:
     cron = host.file("/etc/cron.d/collector").content_string
     if is_main(host):
-        assert " process; " in cron and " upload" in cron and "report --send" in cron
+        assert " process; " in cron and " upload; " in cron and " replicate" in cron
+        assert "report --send" in cron
         assert " send" not in cron.replace("report --send", "")
     else:
         assert " send" in cron
-        assert " process" not in cron and "report" not in cron
+        assert " process" not in cron and "report" not in cron and "replicate" not in cron
 
 
 def test_main_only_resources_only_on_the_main(host: Any) -> None:
     main = is_main(host)
     for path in MAIN_ONLY_PATHS:
         assert host.file(path).exists == main, path
-    for path in SECONDARY_ONLY_PATHS:
-        assert host.file(path).exists != main, path
-    shell = host.user("collector").shell
-    assert shell == ("/bin/sh" if main else "/usr/sbin/nologin")
+    for path in EVERY_HOST_PATHS:
+        assert host.file(path).exists, path
+    # sshd runs the forced command through the receiving account's shell, on every host.
+    assert host.user("collector").shell == "/bin/sh"
 
 
 def test_authorized_keys_are_root_owned_and_forced(host: Any) -> None:
-    if not is_main(host):
-        pytest.skip("receiving side only on the main")
-    keys = host.file("/etc/ssh/authorized_keys/collector")
+    keys = host.file(AUTHORIZED_KEYS)
     assert (keys.user, keys.mode) == ("root", 0o644)
     lines = [line for line in keys.content_string.splitlines()
              if line and not line.startswith("#")]
-    # One forced, restricted line per secondary, ending with its server id (the swap and the
-    # `--limit` runs of side_effect.yml came before: none was dropped or blanked).
-    secondaries = host.ansible.get_variables()["groups"]["secondary"]
-    assert sorted(line.split()[-1] for line in lines) == sorted(secondaries)
+    # The main: one forced, restricted line per secondary, ending with its server id, into its
+    # incoming folder; a secondary: one line for the main's key, into the replica folder (the
+    # swap and the `--limit` runs of side_effect.yml came before: none was dropped or blanked).
+    if is_main(host):
+        expected = {name: f"{COLLECTOR} receive /srv/collector/incoming/{name}"
+                    for name in groups(host)["secondary"]}
+    else:
+        expected = {groups(host)["main"][0]: f"{COLLECTOR} receive {REPLICA}"}
+    assert sorted(line.split()[-1] for line in lines) == sorted(expected)
     for line in lines:
-        assert line.startswith('restrict,command="')
+        assert line.startswith(f'restrict,command="{expected[line.split()[-1]]}" ')
         assert line.split()[-3].startswith(("ssh-", "ecdsa-", "sk-"))
 
 
-def test_no_copy_of_a_handover_left(host: Any) -> None:
-    # The swap's archive and manifest (tweet texts) are gone once the new main verified them.
-    for path in ("/var/tmp/collector-handover", "/var/tmp/collector-handover.tgz",
-                 "/etc/ssh/authorized_keys/collector.handover"):
-        assert not host.file(path).exists, path
+def pushes_to(host: Any) -> list[tuple[str, str]]:
+    """(host, port) of every host this one pushes to, from its own settings."""
+    settings = settings_of(host)
+    if not is_main(host):
+        return [(settings["main_host"], settings["main_port"])]
+    targets = [target.split("@", 1)[1] for target in settings["replicas"].split(",")]
+    return [tuple(target.rsplit(":", 1)) for target in targets]  # type: ignore[misc]
+
+
+def test_known_hosts_pin_the_hosts_this_one_pushes_to(host: Any) -> None:
+    # The main's own on a secondary, every secondary's at its replica address on the main
+    # (test_confined_key_refuses_a_shell connects with StrictHostKeyChecking=yes to each).
+    lines = [line for line in host.file("/etc/collector/ssh/known_hosts").content_string
+             .splitlines() if line and not line.startswith("#")]
+    expected = [address if port == "22" else f"[{address}]:{port}"
+                for address, port in pushes_to(host)]
+    assert sorted(line.split()[0] for line in lines) == sorted(expected)
+    assert all(line.split()[1] == "ssh-ed25519" for line in lines)
 
 
 def test_confined_key_refuses_a_shell(host: Any) -> None:
-    if is_main(host):
-        pytest.skip("the push key lives on the secondaries")
+    # A secondary's key on the main, the main's key on each secondary: rsync only.
     settings = settings_of(host)
-    result = host.run(
-        "runuser -u collector -- ssh -p %s -i %s -o BatchMode=yes -o UserKnownHostsFile=%s "
-        "-o StrictHostKeyChecking=yes %s@%s id",
-        settings["main_port"], settings["ssh_identity_file"], settings["ssh_known_hosts_file"],
-        settings["main_user"], settings["main_host"])
-    assert result.rc != 0
-    assert "uid=" not in result.stdout
-    assert "rsync" in result.stderr  # rrsync answered: the key works, but only for rsync
+    for address, port in pushes_to(host):
+        result = host.run(
+            "runuser -u collector -- ssh -p %s -i %s -o BatchMode=yes -o UserKnownHostsFile=%s "
+            "-o StrictHostKeyChecking=yes collector@%s id",
+            port, settings["ssh_identity_file"], settings["ssh_known_hosts_file"], address)
+        assert result.rc != 0
+        assert "uid=" not in result.stdout
+        assert "rsync" in result.stderr  # rrsync answered: the key works, but only for rsync
 
 
 def test_push_reaches_the_main(host: Any) -> None:
@@ -141,6 +180,23 @@ def test_push_reaches_the_main(host: Any) -> None:
     result = host.run("runuser -u collector -- /opt/collector/venv/bin/collector "
                       "--settings %s send", SETTINGS)
     assert result.rc == 0, result.stderr
+
+
+def test_replicas_reach_every_secondary(host: Any) -> None:
+    # After the cycle's `process`: the main's vault and its ledger (pushed last) land in each
+    # secondary's replica folder, owned by the receiving account. (testinfra runs every test
+    # of one host before the next host's, so the secondaries are looked at from here.)
+    if not is_main(host):
+        pytest.skip("the main replicates")
+    result = host.run("runuser -u collector -- %s --settings %s replicate", COLLECTOR, SETTINGS)
+    assert result.rc == 0, result.stderr
+    for name in groups(host)["secondary"]:
+        secondary = testinfra.get_host(f"ansible://{name}",
+                                       ansible_inventory=host.backend.ansible_inventory)
+        ledger = secondary.file(f"{REPLICA}/state/process_ledger.json")
+        assert ledger.exists and ledger.user == "collector", name
+        found = secondary.run("find %s/vault -type f -name '*_IDs.txt.xz'", REPLICA).stdout
+        assert found.strip(), name
 
 
 def test_status_is_healthy(host: Any) -> None:
