@@ -4,7 +4,9 @@ Pure functions only (the runner fetches the inputs over SSH and HTTP), so the co
 are easy to read in one place:
 
 * sent: tweet ids of the messages the fake API wrote whole to any host during the scenario
-  window (from `GET /_control/log`), minus those already sent before the window began;
+  window (from `GET /_control/log`), minus those already sent before the window began; a
+  host destroyed for good (`tests.faults.destruction`) no longer counts: only what a
+  surviving host received is promised;
 * published: those of the sent ids that appear in the main's `IDs.txt.xz` of the hours involved;
 * lost: sent but not published;
 * duplicated: sent ids that appear more than once in one hour's IDs file or tweets file, or
@@ -17,7 +19,7 @@ import csv
 import io
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,11 +32,13 @@ from tests.doubles.samples import MessageFactory, snowflake
 _FACTORY = MessageFactory()
 
 
-def whole_indices(log: Mapping[str, Any]) -> set[int]:
-    """Every message index some connection of the fake API received whole."""
+def whole_indices(log: Mapping[str, Any], excluded: Collection[int] = ()) -> set[int]:
+    """Every message index some connection of the fake API received whole (but the
+    connections whose record id is in `excluded`)."""
     found: set[int] = set()
     for connection in log.get("connections", []):
-        found.update(expand_runs(connection.get("whole_runs", [])))
+        if connection.get("id") not in excluded:
+            found.update(expand_runs(connection.get("whole_runs", [])))
     return found
 
 
@@ -43,10 +47,14 @@ def tweet_id(index: int) -> str:
     return str(snowflake(_FACTORY._source_index(index), _FACTORY.base_ms))
 
 
-def sent_ids(before: Mapping[str, Any], after: Mapping[str, Any]) -> set[str]:
-    """Ids whose message first went out whole between two snapshots of the fake's log."""
+def sent_ids(before: Mapping[str, Any], after: Mapping[str, Any],
+             excluded: Collection[int] = ()) -> set[str]:
+    """Ids whose message first went out whole between two snapshots of the fake's log, to a
+    connection not in `excluded` (the records of hosts destroyed since: the fleet promises
+    only what a surviving host captured). What went out before the window, to any host, is
+    not the window's."""
     earlier = {tweet_id(index) for index in whole_indices(before)}
-    return {tweet_id(index) for index in whole_indices(after)} - earlier
+    return {tweet_id(index) for index in whole_indices(after, excluded)} - earlier
 
 
 def longest_unreceived_run(before: Mapping[str, Any], after: Mapping[str, Any]) -> int:

@@ -4,7 +4,8 @@
 
 Scenarios run in labs side by side, each two hosts with its own test doubles: a scenario
 whose time is mostly waiting (a ten-minute power cut) runs in another lab (`Scenario.lab`:
-`b`, `c`) with a few short ones after it, all others one after the other in the first lab
+`b`, `c`) with a few short ones after it, the rows that destroy hosts in a lab of three of
+their own (`d`, `tests.faults.destruction`), all others one after the other in the first lab
 (`faults`; env COLLECTOR_LAB_NAME renames it, the others take its name plus `-b`, `-c`), so
 the campaign takes about as long as the first lab alone. The labs share nothing but this
 machine (the image and the wheelhouse are built once, before any of them boots); each other
@@ -133,8 +134,9 @@ def run_scenario(lab: Lab, scenario: Scenario) -> Window:
         problems.append(f"not healthy {HEALTHY_TIMEOUT:g} s after the fault ({lab.unhealthy})")
     time.sleep(TAIL_SECONDS)
     after = lab.api_log()
-    sent = measure.sent_ids(before, after)
-    hours = measure.hours_between(started, time.time(), zone or ZONE)
+    # Only what a host still alive received counts (a destroyed host's records are left out).
+    sent = measure.sent_ids(before, after, lab.gone_connections)
+    hours = measure.hours_between(started, time.time(), zone or lab.zone or ZONE)
     if scenario.gapless:
         missed = measure.longest_unreceived_run(before, after)
         seconds = missed / lab.fleet.FAKE_API_RATE
@@ -199,7 +201,8 @@ def run_lab(fleet: ModuleType, chosen: list[Scenario], run_at: str, reuse: bool,
             keep: bool) -> LabRun | None:
     """Boot (or reuse) one lab, run the scenarios in order, flush, count; None if the lab
     did not come up. The lab is brought down at the end unless `keep`."""
-    if not (reuse and fleet.load_state()["hosts"]) and fleet.up(2, 20) != 0:
+    hosts = max([2, *(scenario.hosts for scenario in chosen)])
+    if not (reuse and fleet.load_state()["hosts"]) and fleet.up(hosts, 20) != 0:
         return None
     try:
         lab = Lab(fleet, fleet.load_state(), fleet.main_of_inventory())
@@ -228,7 +231,7 @@ def run_lab(fleet: ModuleType, chosen: list[Scenario], run_at: str, reuse: bool,
         if keep:  # a lab left running is a working one
             for host in lab.hosts:
                 lab.run(host, f"systemctl start {STREAM_UNIT} cron.service", check=False)
-        return LabRun(rows, [window.failed for window in windows], len(lab.hosts))
+        return LabRun(rows, [window.failed for window in windows], hosts)
     finally:
         if not keep:
             fleet.down()
@@ -333,14 +336,17 @@ def main(argv: list[str] | None = None) -> int:
                    key=lambda pair: order[pair[0].scenario])
     rows = [row for row, _ in pairs]
     minutes = (time.monotonic() - suite_started) / 60
+    sizes = {suffix: run.hosts for suffix, run in zip(others, theirs, strict=True)
+             if run is not None and run.hosts != mine.hosts}
     write_report(scenarios, rows, mine.hosts, fleet.FAKE_API_RATE, run_at, minutes,
-                 {suffix: [s.name for s in group] for suffix, group in others.items()})
+                 {suffix: [s.name for s in group] for suffix, group in others.items()}, sizes)
     return 1 if any(row.lost or row.duplicated or row.recovery_seconds is None or flag
                     for row, flag in pairs) else 0
 
 
 def write_report(scenarios: dict[str, Scenario], rows: list[measure.Outcome], hosts: int,
-                 rate: float, run_at: str, minutes: float, others: dict[str, list[str]]) -> None:
+                 rate: float, run_at: str, minutes: float, others: dict[str, list[str]],
+                 sizes: dict[str, int] | None = None) -> None:
     """docs/RELIABILITY.md: this run's rows, and the other scenarios' rows of earlier runs."""
     previous = measure.parse_rows(REPORT.read_text()) if REPORT.exists() else []
     table = measure.merge(previous, rows, list(scenarios))
@@ -350,7 +356,8 @@ def write_report(scenarios: dict[str, Scenario], rows: list[measure.Outcome], ho
                     + "; ".join(f"lab {suffix} ran {', '.join(names)}"
                                 for suffix, names in others.items())
                     + ", the first lab all others)" if others else " in one lab")
-    context = (f"{hosts} hosts per lab, fake API at {rate:g} messages/s (the "
+    other_sizes = "".join(f", {size} in lab {suffix}" for suffix, size in (sizes or {}).items())
+    context = (f"{hosts} hosts per lab{other_sizes}, fake API at {rate:g} messages/s (the "
                "sampled stream's average), `backfill_minutes=2` (the Enterprise tier's reconnect "
                "backfill: without it, a kill of every host at once loses the few messages in "
                "flight, 4 to 11 at 20 messages/s when measured), `stall_seconds=20`; the hosts' "

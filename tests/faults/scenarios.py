@@ -10,7 +10,9 @@ and talks to the fake API's control endpoints.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 import os
 import re
@@ -36,6 +38,20 @@ CRON_UNIT = "cron.service"
 LOCKED = re.compile(r"another collector \w+ is running")
 LOCK_WAIT_SECONDS = 600.0
 CHUNK_WAIT_SECONDS = 150.0
+
+
+# The role's cron file on every host (roles/collector/vars/main.yml, _collector_cron_file).
+CRON_FILE = "collector"
+_CRON_COMMAND = re.compile(r"/collector --settings \S+ (\w+)")
+
+
+def hourly_cron_commands(cron_file: str) -> tuple[str, ...]:
+    """The collector subcommands of the cron entry that runs `process`, in its order."""
+    for line in cron_file.splitlines():
+        commands = tuple(_CRON_COMMAND.findall(line))
+        if not line.lstrip().startswith("#") and "process" in commands:
+            return commands
+    return ()
 
 
 def chunk_closed_after(names: Iterable[str], moment: float) -> bool:
@@ -69,6 +85,24 @@ class Lab:
     last_run: dict[tuple[str, str], float] = field(default_factory=dict)
     # When this handle was made: the lab's own start-up cycle (`fleet.up`) ran before it.
     made_at: float = field(default_factory=time.time)
+    # The time zone the fleet runs in when a scenario moved it to a lab zone for good (the
+    # runner names the hours of later windows in it); None: the inventory's own (CET).
+    zone: ZoneInfo | None = None
+    # The fake API's connection records (their ids) of hosts destroyed so far: what those
+    # received does not count as sent to the fleet, which promises only what a surviving
+    # host captured (a host that comes back empty opens new records, which count).
+    gone_connections: set[int] = field(default_factory=set)
+    # The collector commands the main's hourly cron entry runs, in order (read from its cron
+    # file when first needed, again after the main moved).
+    _cron: tuple[str, tuple[str, ...]] = ("", ())
+
+    def __post_init__(self) -> None:
+        """A lab the fault suite moved to a lab time zone (`tests.faults.destruction`) keeps
+        it: its inventory names it and the state file holds its compiled bytes."""
+        name = self.state.get("inventory_vars", {}).get("collector_timezone", "")
+        compiled = self.state.get("zones", {}).get(name)
+        if self.zone is None and compiled:
+            self.zone = ZoneInfo.from_file(io.BytesIO(base64.b64decode(compiled)), key=name)
 
     def last_ended(self, host: str, command: str) -> float:
         """When the suite's last `command` on `host` ended (or the handle was made)."""
@@ -107,17 +141,25 @@ class Lab:
         for host in self.hosts:
             self.run(host, f"systemctl disable --now {CRON_UNIT} 2>&1")
 
+    def hourly_commands(self) -> tuple[str, ...]:
+        """The collector subcommands of the main's hourly cron entry, in its order (`process`,
+        `upload`, and `replicate` once the role schedules it), as the role wrote them."""
+        if self._cron[0] != self.main:
+            text = self.run(self.main, f"cat /etc/cron.d/{CRON_FILE}", check=False).stdout
+            self._cron = (self.main, hourly_cron_commands(text) or ("process", "upload"))
+        return self._cron[1]
+
     def hourly_cycle(self) -> bool:
         """What the hosts' cron jobs would have done by now: when the main has a due hour
-        waiting, `send` on every secondary, then `process` and `upload` on the main. Returns
-        whether it ran."""
+        waiting, `send` on every secondary, then the main's hourly entry (`process`, `upload`
+        and whatever else the role schedules there, in its order). Returns whether it ran."""
         waiting = self.status(self.main)[1].get("processing", {}).get("hours_waiting", 0)
         if not waiting:
             return False
         for host in self.secondaries:
             self.collector(host, "send")
         outcomes = [f"{command} rc {self.collector(self.main, command).returncode}"
-                    for command in ("process", "upload")]
+                    for command in self.hourly_commands()]
         print(f"   hourly cycle, as cron would run it: {', '.join(outcomes)}", flush=True)
         return True
 
@@ -232,12 +274,27 @@ class Lab:
         self.fleet.save_state(self.state)
         nspawn.wait_until_up(nspawn.Host(**record), nspawn.controller_key())
 
+    def destroy(self, host: str) -> None:
+        """The host gone for good (`fleet.destroy`); what it received from the fake API stops
+        counting as sent (`gone_connections`). Stays the main until a promotion says
+        otherwise."""
+        tokens = {self.state["tokens"][host], self.state["next_tokens"][host]}
+        self.fleet.destroy(self.state, host)
+        time.sleep(0.5)  # the fake API sees the connection close
+        self.gone_connections.update(int(record["id"]) for record in self.api_log()["connections"]
+                                     if record.get("token") in tokens)
+
+    def recreate(self, host: str) -> None:
+        """A destroyed host back with an empty disk (`fleet.recreate`), not yet configured."""
+        self.fleet.recreate(self.state, host)
+
     def wait_for_closed_chunk(self, hosts: Iterable[str], after: float = 0.0) -> None:
         """Wait until each host holds a closed chunk last written after `after` (epoch).
-        On a secondary any closed chunk is one `send` has not pushed yet (it deletes what the
-        main took), so `after=0` means "something to push"; on the main, a chunk closed after
-        the last `process` ended holds lines no output has yet. Chunks close every minute;
-        since the suite's own runs are the only ones, one usually already waits."""
+        On a secondary, a chunk closed after its last `send` ended is one that send has not
+        pushed yet (a secondary keeps what it pushed, until retention); on the main, a chunk
+        closed after the last `process` ended holds lines no output has yet. Chunks close
+        every minute; since the suite's own runs are the only ones, one usually already
+        waits."""
         deadline = time.monotonic() + CHUNK_WAIT_SECONDS
         for host in hosts:
             folder = shlex.quote(self.setting(host, "data_storage_dst"))
@@ -251,9 +308,11 @@ class Lab:
                 time.sleep(1.0)
 
     def wait_for_unsent_chunks(self) -> None:
-        """Wait until every secondary holds a closed chunk not yet pushed (with nothing to
-        push, `send` rightly succeeds without calling the main)."""
-        self.wait_for_closed_chunk(self.secondaries)
+        """Wait until every secondary holds a closed chunk not yet pushed, one closed after
+        its last `send` (with nothing to push, `send` rightly succeeds without calling the
+        main)."""
+        for host in self.secondaries:
+            self.wait_for_closed_chunk([host], self.last_ended(host, "send"))
 
     def send_all(self, expect_ok: bool, powered_off: str = "") -> None:
         """One `send` on every secondary that is running, as the hourly cron runs it."""
@@ -302,8 +361,11 @@ class Scenario:
     gapless: bool = False
     # The lab it runs in: "" the first; a name (`b`, `c`) a lab of its own, booted side by
     # side with the first (`tests.faults.run`), for a long scenario whose time is mostly
-    # waiting (a ten-minute power cut), so the campaign takes about as long as its first lab.
+    # waiting (a ten-minute power cut), so the campaign takes about as long as its first lab;
+    # `d` for the rows that destroy hosts (tests.faults.destruction).
     lab: str = ""
+    # Hosts its lab boots with (the largest of its lab's scenarios wins).
+    hosts: int = 2
 
 
 # ---- 1. kill -9 of the stream ---------------------------------------------------------------
@@ -557,5 +619,6 @@ def all_scenarios() -> list[Scenario]:
                  lambda lab: lab.send_all(expect_ok=True)),
     ]
     # Scenarios kept in their own modules (imported here: they import this module).
-    from tests.faults import boundaries, hostfaults, services
-    return scenarios + services.scenarios() + hostfaults.scenarios() + boundaries.scenarios()
+    from tests.faults import boundaries, destruction, hostfaults, services
+    return (scenarios + services.scenarios() + hostfaults.scenarios() + boundaries.scenarios()
+            + destruction.scenarios())

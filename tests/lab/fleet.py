@@ -117,14 +117,22 @@ def host_names(count: int) -> list[str]:
     return [f"collector{i}" for i in range(1, count + 1)]
 
 
-def write_inventory(state: dict[str, Any], main: str) -> None:
-    """inventory/lab/: hosts on their loopback ports, the doubles' addresses, one token each."""
-    hosts = state["hosts"]
+def write_inventory(state: dict[str, Any], main: str, hosts: list[str] | None = None) -> None:
+    """inventory/lab/: hosts on their loopback ports, the doubles' addresses, one token each.
+
+    `hosts` is the fleet the inventory lists (default: every running host), `main` among
+    them; a destroyed host (`destroy`) may still be listed, at its old address, as an
+    operator's inventory still lists a host that just died. `state["inventory_vars"]` (set
+    by the fault suite, e.g. a lab time zone) is written over the lab's group variables."""
+    names = list(state["hosts"]) if hosts is None else list(hosts)
+    if main not in names:
+        raise ValueError(f"the main {main} is not among the inventory's hosts {names}")
+    known = {**state.get("gone", {}), **state["hosts"]}
     ports = {name: state["processes"][name]["port"] for name in ("fake_api", "fake_osf", "smtp")}
     lines = ["---", "# Written by `python -m tests.lab.fleet up`; the lab's own throw-away values.",
              "collectors:", "  children:", "    main:", "      hosts:", f"        {main}:",
              "    secondary:"]
-    secondaries = [f"        {name}:" for name in hosts if name != main]
+    secondaries = [f"        {name}:" for name in names if name != main]
     lines += ["      hosts:", *secondaries] if secondaries else ["      hosts: {}"]
     (INVENTORY_DIR / "group_vars").mkdir(parents=True, exist_ok=True)
     (INVENTORY_DIR / "host_vars").mkdir(parents=True, exist_ok=True)
@@ -157,14 +165,25 @@ def write_inventory(state: dict[str, Any], main: str) -> None:
         "collector_email_starttls": False,
         # Labs run side by side with the same host names: each hands a main over on its own.
         "collector_handover_dir": str(LAB_DIR / "handover"),
+        **state.get("inventory_vars", {}),
     }
     (INVENTORY_DIR / "group_vars" / "all.yml").write_text(
         "---\n# Written by the lab.\n" + "".join(
             f"{key}: {json.dumps(value)}\n" for key, value in group_vars.items()))
-    for name, host in hosts.items():
+    for old in (INVENTORY_DIR / "host_vars").glob("*.yml"):
+        if old.stem not in names:
+            old.unlink()
+    for name in names:
         (INVENTORY_DIR / "host_vars" / f"{name}.yml").write_text(
-            f"---\nansible_port: {host['port']}\n"
+            f"---\nansible_port: {known[name]['port']}\n"
             f"collector_bearer_token: {json.dumps(state['tokens'][name])}\n")
+
+
+def inventory_hosts() -> list[str]:
+    """Every host the lab inventory lists (main first)."""
+    lines = (INVENTORY_DIR / "hosts.yml").read_text().splitlines()
+    return [line.strip().rstrip(":") for line in lines
+            if line.startswith("        ") and line.strip().endswith(":")]
 
 
 def ansible_playbook(playbook: str, *extra: str, log: Path | None = None) -> None:
@@ -247,6 +266,34 @@ def swap() -> int:
     ansible_playbook("site.yml", log=LAB_DIR / "swap.log")
     print(f"main moved from {old} to {new} (log {LAB_DIR / 'swap.log'})")
     return 0
+
+
+def destroy(state: dict[str, Any], name: str) -> None:
+    """The host gone for good (`nspawn.destroy_host`: killed at once, data disk and root
+    deleted). It leaves the running hosts; its address and token stay known (`state["gone"]`)
+    so an inventory can still list it, and `recreate` can bring the same hardware back."""
+    record = state["hosts"][name]
+    nspawn.destroy_host(nspawn.Host(**record))
+    del state["hosts"][name]
+    state.setdefault("gone", {})[name] = {"port": record["port"], "destroyed_at": time.time()}
+    save_state(state)
+
+
+def recreate(state: dict[str, Any], name: str) -> nspawn.Host:
+    """A destroyed host's hardware back with an empty disk: a fresh root from the image (new
+    host keys, no collector) and a fresh data disk, under the same name, on its old address
+    when that port is still free. Not in the inventory until the caller writes it."""
+    gone = state.get("gone", {}).get(name)
+    if gone is None or name in state["hosts"]:
+        raise ValueError(f"{name} is not a destroyed host of this lab")
+    port = int(gone["port"]) if nspawn.port_free(int(gone["port"])) else nspawn.free_port()
+    key = nspawn.controller_key()
+    host = nspawn.start_host(name, LAB_DIR / "hosts", key, nspawn.build_image(), port=port)
+    state["hosts"][name] = asdict(host)
+    del state["gone"][name]
+    save_state(state)  # recorded before waiting: a failed boot is still stopped by `down`
+    nspawn.wait_until_up(host, key)
+    return host
 
 
 def rotate() -> int:

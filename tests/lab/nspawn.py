@@ -284,11 +284,54 @@ def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
 def stop_host(host: Host) -> None:
     """Power the host off and delete its copy of the image and its data disk."""
     stop_pid(host.pid)
+    _delete_host_files(host)
+
+
+def _delete_host_files(host: Host) -> None:
     root = Path(host.root)
     # Only ever delete a host folder the lab made (never a path that is not ours).
     if root.name == host.name and (root / "etc" / "ssh" / "sshd_config.d" / "10-lab.conf").exists():
         remove_data_disk(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_machine(pid: int, timeout: float = 60.0) -> None:
+    """Stop a host at once, as a dead power supply would: SIGKILL to its init (nspawn's child),
+    which ends every process of the host together (its PID namespace goes), then wait for
+    nspawn to exit (SIGKILL to it too if it lingers)."""
+    if not pid_alive(pid):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    stop_pid(pid, timeout=5)  # nothing left to do unless nspawn outlived its init
+
+
+def destroy_host(host: Host) -> None:
+    """The host gone for good: its machine killed at once (no shutdown, nothing written
+    back), then its data disk unmounted and its image deleted, then its root deleted. Nothing
+    of it is left on this machine; `start_host` under the same name makes a new, empty one."""
+    kill_machine(host.pid)
+    _delete_host_files(host)
+    if Path(host.root).exists() or data_disk(Path(host.root))[0].exists():
+        raise RuntimeError(f"{host.name}: its root or data disk is still there after deletion")
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing listens on this loopback port now (a destroyed host's sshd port)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as sshd binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 # ---- a tiny state file, so `stop` works from another process --------------------------------
