@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := jq xz-utils rsync openssh-server openssh-client debootstrap systemd-container openssl e2fsprogs mount
 LAB_SECONDS ?= 60
 
-.PHONY: all deps venv lint test unit integration bench bench-stream bench-process lab lab-down lab-status lab-local wheelhouse ansible-lint molecule faults clean
+.PHONY: all deps venv lint test unit integration bench bench-stream bench-process bench-replication lab lab-down lab-status lab-local wheelhouse ansible-lint molecule faults clean
 
 all: test
 
@@ -46,13 +46,16 @@ test: deps venv lint
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory molecule faults; \
 	 else echo "molecule and faults skipped: booting nspawn hosts needs root"; fi
 
-bench: deps venv bench-stream bench-process
+bench: deps venv bench-stream bench-process bench-replication
 
 bench-stream: venv
 	$(PY) -m bench.bench_stream
 
 bench-process: venv
 	$(PY) -m bench.bench_process
+
+bench-replication: venv
+	$(PY) -m bench.bench_replication
 
 # The collector and its pinned dependencies as wheels, for hosts without the package index.
 wheelhouse: venv
