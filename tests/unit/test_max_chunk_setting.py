@@ -38,7 +38,7 @@ def test_bad_value_is_one_line_naming_key_and_file(write_settings: SettingsWrite
 def render_settings(**overrides: Any) -> str:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     values = {**defaults, "ansible_managed": "Ansible managed", "collector_server_id": "srv1",
-              "_collector_venv": "/opt/collector/venv", "_collector_is_main": True,
+              "_collector_venv": "/opt/collector/venv", "_collector_identity_file": "/etc/collector/ssh/id_ed25519", "_collector_known_hosts_file": "/etc/collector/ssh/known_hosts", "_collector_is_main": True,
               "ansible_facts": {"python": {"version": {"major": 3, "minor": 11}}},
               "collector_servers": ["srv1", "srv2"], "collector_osf_enabled": False,
               "collector_notifications": False, **overrides}
