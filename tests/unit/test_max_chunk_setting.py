@@ -38,13 +38,18 @@ def test_bad_value_is_one_line_naming_key_and_file(write_settings: SettingsWrite
 def render_settings(**overrides: Any) -> str:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     values = {**defaults, "ansible_managed": "Ansible managed", "collector_server_id": "srv1",
-              "_collector_venv": "/opt/collector/venv", "_collector_identity_file": "/etc/collector/ssh/id_ed25519", "_collector_known_hosts_file": "/etc/collector/ssh/known_hosts", "_collector_is_main": True,
+              "_collector_venv": "/opt/collector/venv", "_collector_is_main": True,
+              "_collector_identity_file": "/etc/collector/ssh/id_ed25519",
+              "_collector_known_hosts_file": "/etc/collector/ssh/known_hosts",
+              "_collector_secondaries": ["srv2"],
+              "__collector_replica_targets": {"srv2": {"label": "srv2@10.0.0.2:22"}},
               "ansible_facts": {"python": {"version": {"major": 3, "minor": 11}}},
               "collector_servers": ["srv1", "srv2"], "collector_osf_enabled": False,
               "collector_notifications": False, **overrides}
     environment = jinja2.Environment(trim_blocks=True, undefined=jinja2.StrictUndefined)
     environment.filters["comment"] = lambda text: "# " + text
     environment.filters["bool"] = bool
+    environment.filters["extract"] = lambda key, mapping: mapping[key]
     template = (ROLE / "templates" / "server_settings.txt.j2").read_text()
     return environment.from_string(template).render(**values)
 
@@ -53,6 +58,8 @@ def test_the_role_renders_it_for_the_main() -> None:
     source = Path("/etc/collector/server_settings.txt")
     raw = parse_key_values(render_settings(), source)
     assert raw["max_chunk_mb"] == "512"
-    assert settings_from_mapping(raw, source).max_chunk_bytes == 512 * 2**20
+    settings = settings_from_mapping(raw, source)
+    assert settings.max_chunk_bytes == 512 * 2**20
+    assert [target.label for target in settings.replicas] == ["srv2@10.0.0.2:22"]
     raw = parse_key_values(render_settings(collector_max_chunk_mb=2048), source)
     assert settings_from_mapping(raw, source).max_chunk_mb == 2048
