@@ -104,7 +104,10 @@ def test_settings_match_the_role(host: Any) -> None:
 def test_cron_only_where_it_belongs(host: Any) -> None:
     cron = host.file("/etc/cron.d/collector").content_string
     if is_main(host):
-        assert " process; " in cron and " upload; " in cron and " replicate" in cron
+        # One hourly entry: replicate before upload, so nothing reaches OSF with one copy.
+        hourly = [re.findall(r"--settings \S+ (\w+)", line) for line in cron.splitlines()
+                  if " process;" in line]
+        assert hourly == [["process", "replicate", "upload"]]
         assert "report --send" in cron
         assert " send" not in cron.replace("report --send", "")
     else:
