@@ -289,7 +289,28 @@ def _partial_swap(name: str, how: str, limit_to_former: bool = False,
         if not _playbook(lab, f"{name}-full.log"):
             raise RuntimeError("the full site.yml afterwards did not finish the swap")
         lab.main = lab.fleet.main_of_inventory()
+        _check_kept_chunks_reach_the_main(lab, name)
     return inject
+
+
+def _check_kept_chunks_reach_the_main(lab: Lab, name: str) -> None:
+    """After a swap, one `send` puts every chunk each secondary keeps on the new main: a
+    confirmation recorded for that host in an earlier stint (before it was the main, or
+    before the main moved away and back) must not make send skip a chunk the main no
+    longer holds (its incoming folder went with a handover)."""
+    kept = {host: _closed_chunks(lab, host, lab.setting(host, "data_storage_dst"))
+            for host in lab.secondaries}
+    lab.send_all(expect_ok=True)
+    incoming = lab.setting(lab.main, "incoming_dst")
+    for host, names in kept.items():
+        server_id = lab.setting(host, "server_id") or host
+        on_main = _closed_chunks(lab, lab.main, f"{incoming}/{server_id}")
+        if missing := sorted(names - on_main):
+            _problem(name, f"{len(missing)} of the {len(names)} chunks {host} keeps are not on "
+                           f"the new main {lab.main} after its send (e.g. {missing[0]})")
+        else:
+            _note(name, f"all {len(names)} chunks {host} keeps are on the new main after its "
+                        "send")
 
 
 # ---- real power cuts ---------------------------------------------------------------------------

@@ -125,6 +125,17 @@ def test_main_only_resources_only_on_the_main(host: Any) -> None:
     assert host.user("collector").shell == "/bin/sh"
 
 
+def test_no_confirmation_ledger_of_the_other_role(host: Any) -> None:
+    # After the swap: what a host confirmed in its other role describes folders a handover
+    # moved away, so the role removes it (the main has no send ledger, a secondary no
+    # replication ledger) and a later swap back offers every kept chunk again.
+    names = host.run("ls -A /srv/collector/data/.collector").stdout.split()
+    if is_main(host):
+        assert "send_ledger.json" not in names
+    else:
+        assert [name for name in names if name.startswith("replicate_")] == []
+
+
 def test_authorized_keys_are_root_owned_and_forced(host: Any) -> None:
     keys = host.file(AUTHORIZED_KEYS)
     assert (keys.user, keys.mode) == ("root", 0o644)
