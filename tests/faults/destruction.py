@@ -747,7 +747,9 @@ def _secondary_inject(lab: Lab) -> None:
             if result.returncode == 0:
                 _problem(name, f"replicate to the dead {victim} did not fail")
             else:
-                _note(name, f"replicate: rc {result.returncode}: {last[-160:]}")
+                # The message without the log line's time and logger, cut at its end.
+                _note(name, f"replicate: rc {result.returncode}: "
+                            f"{(last.partition(': ')[2] or last)[:160]}")
         elif result.returncode != 0:
             _problem(name, f"{command} on the main after the loss: {last[-200:]}")
     code, status = lab.status(lab.main)
