@@ -256,10 +256,14 @@ class AlertLedger:
 
     def claim(self, kind: str, now: float) -> float | None:
         """Record `kind` as mailed at `now` and return None, or return when it last was
-        mailed if that is less than `interval` ago (then nothing is recorded)."""
+        mailed if that is less than `interval` from `now` (then nothing is recorded).
+
+        Either side: a process reads its clock before it gets the lock, so a claim made
+        an instant later by another process can look a little in the future (four processes
+        alerting at once mailed twice under load when only the past counted)."""
         with self._locked() as sent:
             last = sent.get(kind)
-            if last is not None and 0 <= now - last < self.interval:
+            if last is not None and abs(now - last) < self.interval:
                 return last
             sent[kind] = now
             return None
@@ -414,7 +418,7 @@ class EmailNotifier:
         if last is not None:
             log.info("alert %s not emailed again: already sent %.0f s ago "
                      "(at most once an hour; a mail still queued counts as sent)", kind,
-                     now - last)
+                     max(0.0, now - last))
             return None
         self._local_sent[kind] = now
         return now
