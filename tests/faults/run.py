@@ -202,7 +202,8 @@ def run_lab(fleet: ModuleType, chosen: list[Scenario], run_at: str, reuse: bool,
     """Boot (or reuse) one lab, run the scenarios in order, flush, count; None if the lab
     did not come up. The lab is brought down at the end unless `keep`."""
     hosts = max([2, *(scenario.hosts for scenario in chosen)])
-    if not (reuse and fleet.load_state()["hosts"]) and fleet.up(hosts, 20) != 0:
+    booted = reuse and fleet.load_state()["hosts"]
+    if not booted and fleet.up(hosts, 20, [fleet.nspawn.SUITE]) != 0:
         return None
     try:
         lab = Lab(fleet, fleet.load_state(), fleet.main_of_inventory())

@@ -1,6 +1,11 @@
-"""`make lab`: boot Debian 12 hosts, deploy the fleet with Ansible, let it stream, run one cycle.
+"""`make lab`: boot Debian hosts, deploy the fleet with Ansible, let it stream, run one cycle.
 
-    python -m tests.lab.fleet up [--hosts N] [--seconds S]   # LAB_HOSTS, LAB_SECONDS
+    python -m tests.lab.fleet up [--hosts N] [--seconds S] [--suites S,S]
+                                           # LAB_HOSTS, LAB_SECONDS, LAB_SUITES
+
+Hosts are Debian 12 (bookworm) unless LAB_SUITES lists suites: the first host gets the first
+suite, the second host the second, further hosts cycle (LAB_SUITES=bookworm,trixie: a mixed
+fleet of Debian 12 and 13).
     python -m tests.lab.fleet status
     python -m tests.lab.fleet down
 
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab import nspawn
+from tools import wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
 # Two labs can live side by side (`make lab` and molecule): each has its own name and inventory.
@@ -38,7 +44,7 @@ INVENTORY_DIR = Path(os.environ.get("COLLECTOR_LAB_INVENTORY", REPO / "inventory
 WHEELHOUSE = REPO / "build" / "wheelhouse"
 # Wheels carry file times; a fixed epoch makes a rebuild of unchanged code byte-identical,
 # so re-running the playbook after `make wheelhouse` changes nothing on the hosts.
-SOURCE_DATE_EPOCH = "1767225600"
+SOURCE_DATE_EPOCH = wheelhouse.SOURCE_DATE_EPOCH
 COLLECTOR = "/opt/collector/venv/bin/collector"
 SETTINGS = "/etc/collector/server_settings.txt"
 OSF_PROJECT = "lab01"
@@ -66,15 +72,24 @@ def save_state(state: dict[str, Any]) -> None:
 # ---- pieces ----------------------------------------------------------------------------------
 
 def build_wheelhouse(out: Path = WHEELHOUSE) -> Path:
-    """`pip wheel` of this repository and its pinned dependencies, for offline installs."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("collector-*.whl"):
-        old.unlink()
-    env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(REPO), "-w", str(out)],
-                   check=True, env=env, cwd=REPO)
-    # pip leaves build/ and egg-info behind in the tree; they are not the wheelhouse's business.
+    """`make wheelhouse`: every default target (Debian 12 and 13, x86_64 and aarch64)."""
+    wheelhouse.build([wheelhouse.parse_target(name) for name in wheelhouse.DEFAULT_TARGETS], out)
     return out
+
+
+def wheelhouse_built(out: Path = WHEELHOUSE) -> bool:
+    """Every default target's folder is there, SHA256SUMS (written last) included."""
+    return all((out / name / wheelhouse.SUMS_NAME).exists()
+               for name in wheelhouse.DEFAULT_TARGETS)
+
+
+def suites_for(count: int, suites: list[str]) -> list[str]:
+    """The suite of each of `count` hosts: the listed suites in turn."""
+    unknown = [suite for suite in suites if suite not in nspawn.SUITES]
+    if not suites or unknown:
+        raise ValueError(f"LAB_SUITES: unknown suite {', '.join(unknown) or '(none)'}; "
+                         f"choose among {', '.join(nspawn.SUITES)}")
+    return [suites[index % len(suites)] for index in range(count)]
 
 
 def start_process(state: dict[str, Any], name: str, args: list[str], port: int = 0) -> int:
@@ -235,9 +250,9 @@ def osf_files(port: int, token: str) -> list[str]:
 
 # ---- the commands ----------------------------------------------------------------------------
 
-def up(count: int, seconds: float) -> int:
+def up(count: int, seconds: float, suites: list[str]) -> int:
     """The whole `make lab`: start, converge, stream, one forced cycle."""
-    if start(count) != 0:
+    if start(count, suites) != 0:
         return 1
     state = load_state()
     converge_started = time.monotonic()
@@ -275,7 +290,8 @@ def destroy(state: dict[str, Any], name: str) -> None:
     record = state["hosts"][name]
     nspawn.destroy_host(nspawn.Host(**record))
     del state["hosts"][name]
-    state.setdefault("gone", {})[name] = {"port": record["port"], "destroyed_at": time.time()}
+    state.setdefault("gone", {})[name] = {"port": record["port"], "destroyed_at": time.time(),
+                                          "suite": record.get("suite", nspawn.SUITE)}
     save_state(state)
 
 
@@ -288,7 +304,8 @@ def recreate(state: dict[str, Any], name: str) -> nspawn.Host:
         raise ValueError(f"{name} is not a destroyed host of this lab")
     port = int(gone["port"]) if nspawn.port_free(int(gone["port"])) else nspawn.free_port()
     key = nspawn.controller_key()
-    host = nspawn.start_host(name, LAB_DIR / "hosts", key, nspawn.build_image(), port=port)
+    host = nspawn.start_host(name, LAB_DIR / "hosts", key, str(gone.get("suite", nspawn.SUITE)),
+                             port=port)
     state["hosts"][name] = asdict(host)
     del state["gone"][name]
     save_state(state)  # recorded before waiting: a failed boot is still stopped by `down`
@@ -307,20 +324,21 @@ def rotate() -> int:
     return 0
 
 
-def start(count: int) -> int:
-    """Image, wheelhouse, test doubles, hosts and inventory; no Ansible run yet."""
+def start(count: int, suites: list[str]) -> int:
+    """Images, wheelhouse, test doubles, hosts and inventory; no Ansible run yet."""
     state = load_state()
     if state["hosts"] or state["processes"]:
         print("a lab is already recorded; run `make lab-down` first", file=sys.stderr)
         return 1
     started = time.monotonic()
-    image = nspawn.build_image()
+    host_suites = suites_for(count, suites)
+    for suite in sorted(set(host_suites)):
+        image = nspawn.build_image(suite=suite)
+        print(f"image {image} ready after {time.monotonic() - started:.0f} s", flush=True)
     key = nspawn.controller_key()
-    print(f"image {image} ready after {time.monotonic() - started:.0f} s", flush=True)
     # A lab booted beside another (the fault suite's second lab) uses the wheelhouse the
     # first one just built: rebuilding it would pull it from under the other's site.yml.
-    prebuilt = any(WHEELHOUSE.glob("collector-*.whl"))
-    if os.environ.get("COLLECTOR_LAB_PREBUILT") != "1" or not prebuilt:
+    if os.environ.get("COLLECTOR_LAB_PREBUILT") != "1" or not wheelhouse_built():
         build_wheelhouse()
     names = host_names(count)
     # Two tokens per host: the one in use and the next one, for `rotate` (the fake API knows both).
@@ -342,8 +360,8 @@ def start(count: int) -> int:
                                   state["smtp_password"], "--maildir", state["maildir"]])
     hosts_dir = LAB_DIR / "hosts"
     booted = []
-    for name in names:
-        host = nspawn.start_host(name, hosts_dir, key, image)
+    for name, suite in zip(names, host_suites, strict=True):
+        host = nspawn.start_host(name, hosts_dir, key, suite)
         state["hosts"][name] = asdict(host)
         save_state(state)
         booted.append(host)
@@ -369,6 +387,14 @@ def cycle(state: dict[str, Any], main: str) -> None:
     summary(state, main, hour.split("T")[0])
 
 
+def installed_target(state: dict[str, Any], name: str) -> str:
+    """The wheelhouse target the host's venv runs (its Python and CPU), e.g. cp313-x86_64."""
+    result = on_host(state, name, "/opt/collector/venv/bin/python -c "
+                     "\"import platform, sys; print('cp%d%d-%s' % (*sys.version_info[:2], "
+                     "platform.machine()))\"", check=False)
+    return result.stdout.strip() or "?"
+
+
 def summary(state: dict[str, Any], main: str, day: str) -> None:
     print("\n== lab summary ==")
     for name in state["hosts"]:
@@ -378,6 +404,8 @@ def summary(state: dict[str, Any], main: str, day: str) -> None:
             status = json.loads(result.stdout)
             stream = status.get("stream", {})
             print(f"{name:12} {status.get('role'):9} {status.get('verdict'):8} "
+                  f"{state['hosts'][name].get('suite', nspawn.SUITE):9} "
+                  f"{installed_target(state, name):14} "
                   f"tweets={stream.get('tweets')} connected={stream.get('connected')}")
     report = on_host(state, main, f"tail -n 2 /srv/collector/vault/{day}/{day}_report.txt",
                      check=False)
@@ -433,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         one.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS", "2")))
         one.add_argument("--seconds", type=float,
                          default=float(os.environ.get("LAB_SECONDS", "60")))
+        one.add_argument("--suites", default=os.environ.get("LAB_SUITES") or nspawn.SUITE,
+                         help="Debian suites of the hosts, in turn (bookworm,trixie)")
     sub.add_parser("down")
     sub.add_parser("swap", help="move the main to the next host and re-run site.yml")
     sub.add_parser("rotate", help="rotate every host's bearer token")
@@ -442,7 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.action in ("up", "start"):
         if args.hosts < 1:
             parser.error("--hosts must be at least 1")
-        return up(args.hosts, args.seconds) if args.action == "up" else start(args.hosts)
+        suites = [suite.strip() for suite in args.suites.split(",") if suite.strip()]
+        try:
+            suites_for(args.hosts, suites)
+        except ValueError as error:
+            parser.error(str(error))
+        if args.action == "up":
+            return up(args.hosts, args.seconds, suites)
+        return start(args.hosts, suites)
     if args.action == "cycle":
         cycle(load_state(), main_of_inventory())
         return 0

@@ -1,4 +1,4 @@
-"""Debian 12 hosts booted with systemd-nspawn: build the image, boot a host, stop it.
+"""Debian 12 and 13 hosts booted with systemd-nspawn: build the images, boot a host, stop it.
 
 Why nspawn: the fleet is systemd units, cron and sshd, so the lab must boot a real init on
 real Debian without Docker. Hosts share this machine's network namespace; each one's sshd
@@ -36,7 +36,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("COLLECTOR_LAB_CACHE", "/var/tmp/collector-lab"))
+# The default suite, and every suite a lab may mix (LAB_SUITES=bookworm,trixie).
 SUITE = "bookworm"
+SUITES = ("bookworm", "trixie")
 MIRROR = os.environ.get("COLLECTOR_LAB_MIRROR", "http://deb.debian.org/debian")
 # What a minimal Debian server has, plus what Ansible needs on the target (python3-apt for
 # check mode, python3-packaging for the pip module); the role installs the rest itself.
@@ -52,8 +54,8 @@ DATA_DIR = "/srv/collector"
 DATA_DISK_BYTES = 4 << 30
 
 
-def image_dir(cache: Path = CACHE_DIR) -> Path:
-    return cache / f"image-{SUITE}-v{IMAGE_VERSION}"
+def image_dir(cache: Path = CACHE_DIR, suite: str = SUITE) -> Path:
+    return cache / f"image-{suite}-v{IMAGE_VERSION}"
 
 
 def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -61,19 +63,21 @@ def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str
     return subprocess.run(command, check=True, text=True, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
-def build_image(cache: Path = CACHE_DIR) -> Path:
-    """The cached Debian 12 root file system; built with debootstrap when missing (~1-2 min).
+def build_image(cache: Path = CACHE_DIR, suite: str = SUITE) -> Path:
+    """The cached root file system of a suite; built with debootstrap when missing (~1-2 min).
 
     Built in a temporary folder and renamed at the end, so an interrupted build never leaves
     a half image that later runs would trust.
     """
-    final = image_dir(cache)
+    if suite not in SUITES:
+        raise ValueError(f"unknown Debian suite {suite!r}: the lab boots {', '.join(SUITES)}")
+    final = image_dir(cache, suite)
     if (final / "etc" / "os-release").exists():
         return final
     cache.mkdir(parents=True, exist_ok=True)
     work = cache / f"{final.name}.building"
     shutil.rmtree(work, ignore_errors=True)
-    run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(work), MIRROR],
+    run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", suite, str(work), MIRROR],
         stdout=subprocess.DEVNULL)
     # A fresh machine-id per host (systemd creates one at first boot when the file is empty),
     # no host keys in the image (each host makes its own), no apt caches.
@@ -119,6 +123,7 @@ class Host:
     root: str
     pid: int
     log: str
+    suite: str = SUITE
 
     def ssh_command(self, key: Path, *remote: str) -> list[str]:
         return ["ssh", "-p", str(self.port), "-i", str(key), "-o", "BatchMode=yes",
@@ -238,16 +243,16 @@ def wait_until_up(host: Host, key: Path, timeout: float = BOOT_TIMEOUT) -> None:
     raise RuntimeError(f"{host.name}: not up after {timeout:.0f} s ({last or 'no answer'})")
 
 
-def start_host(name: str, hosts_dir: Path, key: Path, image: Path | None = None,
+def start_host(name: str, hosts_dir: Path, key: Path, suite: str = SUITE,
                port: int | None = None) -> Host:
-    """Boot one host from a fresh copy of the image and wait for its sshd."""
-    image = image or build_image()
+    """Boot one host from a fresh copy of its suite's image (built when missing)."""
+    image = build_image(suite=suite)
     port = port or free_port()
     root = hosts_dir / name
     prepare_root(image, root, name, port, key.with_name(key.name + ".pub").read_text())
     make_data_disk(root)
     log_path = hosts_dir / f"{name}.log"
-    host = Host(name, port, str(root), boot(root, name, log_path), str(log_path))
+    host = Host(name, port, str(root), boot(root, name, log_path), str(log_path), suite)
     return host
 
 
