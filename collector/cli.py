@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "process": ("collector.commands.process", "merge every due hour of all servers into the vault"),
     "upload": ("collector.commands.upload", "upload new IDs files and day reports to OSF"),
     "report": ("collector.commands.report", "the day's report table and coverage plot"),
+    "metrics": ("collector.commands.metrics",
+                "write this host's health as Prometheus metrics for node_exporter's textfile "
+                "collector"),
 }
 
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +38,7 @@ from typing import Any
 
 from collector import osf, process, replicate, retention, send
 from collector.health import STATUS_FILE, read_health
-from collector.layout import HourKey, iter_closed_chunks
+from collector.layout import HourKey, hour_bounds, iter_closed_chunks
 from collector.push import ConfirmedLedger, file_stamp
 from collector.settings import Settings
 
@@ -330,6 +332,33 @@ def _hours(moment: float | None, now: float) -> str:
     return "never" if moment is None else f"{(now - moment) / 3600:.1f} h old"
 
 
+# An hour's IDs file as the upload ledger names it (`YYYY/MM/DD/<day>_<HH[b]>_IDs.txt.xz`).
+_IDS_FILE = re.compile(r"(?:^|/)(?P<day>\d{4}-\d{2}-\d{2})_(?P<hour>\d{2}b?)_IDs\.txt\.xz$")
+
+
+def newest_uploaded_hour(remotes: list[str]) -> HourKey | None:
+    """The newest hour whose IDs file the upload ledger records on OSF (pure); None if none."""
+    hours = []
+    for remote in remotes:
+        match = _IDS_FILE.search(remote)
+        if match is None:
+            continue
+        try:
+            hours.append(HourKey.parse(f"{match['day']}T{match['hour']}"))
+        except ValueError:
+            continue
+    return max(hours, default=None)
+
+
+def hour_age(hour: HourKey | None, settings: Settings, now: float) -> float | None:
+    """Seconds since `hour` ended (0 for an hour not over yet, processed with --force): how
+    far processing or publishing is behind the clock. None for no hour."""
+    if hour is None:
+        return None
+    end = hour_bounds(hour, settings.timezone)[1].timestamp()
+    return round(max(now - end, 0.0), 1)
+
+
 def main_part(status: HostStatus, settings: Settings, now: float) -> None:
     """The last hour processed, the due hours still waiting, and the last upload."""
     ledger = process.Ledger.load(settings.state_dir / process.LEDGER_NAME)
@@ -343,6 +372,7 @@ def main_part(status: HostStatus, settings: Settings, now: float) -> None:
     waiting = process.due_hours(found.hours, ledger, settings, moment, vault)
     status.processing = {
         "last_hour_processed": str(merged[-1][0]) if merged else "",
+        "last_hour_processed_age": hour_age(merged[-1][0] if merged else None, settings, now),
         "processed_at": merged[-1][1].get("processed_at", "") if merged else "",
         "hours_waiting": len(waiting),
         "oldest_hour_waiting": str(waiting[0]) if waiting else "",
@@ -360,23 +390,36 @@ def main_part(status: HostStatus, settings: Settings, now: float) -> None:
     upload_ledger = osf.load_ledger(vault / ".collector" / osf.LEDGER_NAME,
                                     osf.ledger_target(settings))
     last_run = upload_ledger.last_run
+    uploaded = newest_uploaded_hour(list(upload_ledger.files))
     status.uploading = {"enabled": True, "files_uploaded": len(upload_ledger.files),
+                        "last_hour_uploaded": "" if uploaded is None else str(uploaded),
+                        "last_hour_uploaded_age": hour_age(uploaded, settings, now),
                         "last_run_at": last_run.get("at", ""), "last_run_ok": last_run.get("ok"),
                         "last_error": last_run.get("error", "")}
     if last_run and not last_run.get("ok"):
         status.worsen(Verdict.DEGRADED, f"the last upload failed: {last_run.get('error', '')}")
 
 
+Part = Callable[[HostStatus, Settings, float], None]
+
+
+def status_parts(settings: Settings) -> list[Part]:
+    """The parts that apply to this host, in order; `collector metrics` runs them one by one
+    so that one unreadable part costs only its own metrics."""
+    parts: list[Part] = [stream_part]
+    if settings.is_main:
+        parts += [main_part, replication_part]
+    else:
+        parts.append(secondary_part)
+    if settings.replica_dst is not None:
+        parts.append(replica_part)
+    return parts
+
+
 def host_status(settings: Settings, now: float | None = None) -> HostStatus:
     """The health of this host as `collector status` reports it."""
     now = time.time() if now is None else now
     status = HostStatus(settings.server_id, settings.role)
-    stream_part(status, settings, now)
-    if settings.is_main:
-        main_part(status, settings, now)
-        replication_part(status, settings, now)
-    else:
-        secondary_part(status, settings, now)
-    if settings.replica_dst is not None:
-        replica_part(status, settings, now)
+    for part in status_parts(settings):
+        part(status, settings, now)
     return status

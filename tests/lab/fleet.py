@@ -180,6 +180,8 @@ def write_inventory(state: dict[str, Any], main: str, hosts: list[str] | None = 
         "collector_email_starttls": False,
         # Labs run side by side with the same host names: each hands a main over on its own.
         "collector_handover_dir": str(LAB_DIR / "handover"),
+        # As on a host with node_exporter: collector.prom every minute (Molecule checks it).
+        "collector_metrics_textfile_dir": "/var/lib/prometheus/node-exporter",
         **state.get("inventory_vars", {}),
     }
     (INVENTORY_DIR / "group_vars" / "all.yml").write_text(

@@ -115,6 +115,27 @@ def test_cron_only_where_it_belongs(host: Any) -> None:
         assert " process" not in cron and "report" not in cron and "replicate" not in cron
 
 
+
+def test_metrics_entry_only_when_asked_for(host: Any) -> None:
+    # collector_metrics_textfile_dir is off by default: no entry. The lab's inventory may turn it
+    # on (group_vars), and then every host writes a fresh collector.prom as the collector.
+    textfile_dir = host.ansible.get_variables().get("collector_metrics_textfile_dir", "")
+    cron = host.file("/etc/cron.d/collector").content_string
+    entries = [line for line in cron.splitlines() if " metrics --textfile-dir " in line]
+    if not textfile_dir:
+        assert entries == [] and "#Ansible: collector metrics" not in cron
+        return
+    assert len(entries) == 1 and entries[0].startswith("* * * * * collector ")
+    folder = host.file(textfile_dir)
+    assert folder.is_directory
+    server_id = settings_of(host)["server_id"]
+    written = host.run(f"runuser -u collector -- {COLLECTOR} --settings {SETTINGS} metrics "
+                       f"--textfile-dir {textfile_dir}")
+    assert (written.rc, written.stderr) == (0, ""), written.stderr
+    prom = host.file(f"{textfile_dir}/collector.prom")
+    assert (prom.user, prom.mode) == ("collector", 0o644)
+    assert f'collector_stream_connected{{server="{server_id}"}} 1' in prom.content_string
+
 def test_main_only_resources_only_on_the_main(host: Any) -> None:
     main = is_main(host)
     for path in MAIN_ONLY_PATHS:
