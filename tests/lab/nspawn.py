@@ -42,10 +42,12 @@ SUITES = ("bookworm", "trixie")
 MIRROR = os.environ.get("COLLECTOR_LAB_MIRROR", "http://deb.debian.org/debian")
 # What a minimal Debian server has, plus what Ansible needs on the target (python3-apt for
 # check mode, python3-packaging for the pip module); the role installs the rest itself.
+# unattended-upgrades too, which the role installs: a converge then needs no mirror (the
+# image's package lists age, and the mirror drops the versions they name).
 PACKAGES = ("systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,python3-apt,"
-            "python3-packaging,rsync,cron,sudo,ca-certificates,iproute2")
+            "python3-packaging,rsync,cron,sudo,ca-certificates,iproute2,unattended-upgrades")
 # Bump when the image recipe changes, so a stale cache is rebuilt rather than reused.
-IMAGE_VERSION = "1"
+IMAGE_VERSION = "2"
 BOOT_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 # Where the role keeps every data folder; each host has its own ext4 disk there.

@@ -7,6 +7,7 @@ Run by hand against a running lab:
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -23,6 +24,12 @@ MAIN_ONLY_PATHS = ("/srv/collector/vault", "/srv/collector/incoming",
 # Every host pushes (a secondary its chunks, the main its replicas) and receives.
 EVERY_HOST_PATHS = ("/etc/collector/ssh/id_ed25519", "/etc/collector/ssh/known_hosts",
                     AUTHORIZED_KEYS, "/etc/ssh/sshd_config.d/collector.conf")
+APT_DROPIN = "/etc/apt/apt.conf.d/52collector-security-updates"
+APT_TIMERS = ("apt-daily.timer", "apt-daily-upgrade.timer")
+# What unattended-upgrade itself reads (get_allowed_origins: apt_pkg's value_list of both keys).
+UU_ORIGINS = ("import apt_pkg, json; apt_pkg.init_config(); print(json.dumps({key: "
+              "apt_pkg.config.value_list('Unattended-Upgrade::' + key) "
+              "for key in ('Origins-Pattern', 'Allowed-Origins')}))")
 
 
 def is_main(host: Any) -> bool:
@@ -115,7 +122,6 @@ def test_cron_only_where_it_belongs(host: Any) -> None:
         assert " process" not in cron and "report" not in cron and "replicate" not in cron
 
 
-
 def test_metrics_entry_only_when_asked_for(host: Any) -> None:
     # collector_metrics_textfile_dir is off by default: no entry. The lab's inventory may turn it
     # on (group_vars), and then every host writes a fresh collector.prom as the collector.
@@ -135,6 +141,7 @@ def test_metrics_entry_only_when_asked_for(host: Any) -> None:
     prom = host.file(f"{textfile_dir}/collector.prom")
     assert (prom.user, prom.mode) == ("collector", 0o644)
     assert f'collector_stream_connected{{server="{server_id}"}} 1' in prom.content_string
+
 
 def test_main_only_resources_only_on_the_main(host: Any) -> None:
     main = is_main(host)
@@ -237,3 +244,39 @@ def test_replicas_reach_every_secondary(host: Any) -> None:
 def test_status_is_healthy(host: Any) -> None:
     result = host.run("/opt/collector/venv/bin/collector --settings %s status --json", SETTINGS)
     assert result.rc == 0, result.stdout
+
+
+def codename_of(host: Any) -> str:
+    release = dict(line.split("=", 1) for line in host.file("/etc/os-release").content_string
+                   .splitlines() if "=" in line)
+    return release["VERSION_CODENAME"].strip('"')
+
+
+def test_security_updates_from_this_release_only(host: Any) -> None:
+    # Each host its own release's security archive and point releases (a lab may mix bookworm
+    # and trixie), and only those: the drop-in's #clear empties the package's own list.
+    if not host.ansible.get_variables().get("collector_security_updates", True):
+        pytest.skip("collector_security_updates is off for this host")
+    assert host.package("unattended-upgrades").is_installed
+    dropin = host.file(APT_DROPIN)
+    assert (dropin.user, dropin.group, dropin.mode) == ("root", "root", 0o644)
+    assert "Managed by the collector role" in dropin.content_string
+    release = codename_of(host)
+    patterns = [f"origin=Debian,codename={release}-security,label=Debian-Security",
+                f"origin=Debian,codename={release},label=Debian"]
+    origins = json.loads(host.check_output("/usr/bin/python3 -c %s", UU_ORIGINS))
+    assert origins == {"Origins-Pattern": patterns, "Allowed-Origins": []}
+    periodic = host.check_output("apt-config shell LISTS APT::Periodic::Update-Package-Lists "
+                                 "UPGRADE APT::Periodic::Unattended-Upgrade")
+    assert sorted(periodic.split()) == ["LISTS='1'", "UPGRADE='1'"]
+
+
+@pytest.mark.parametrize("timer", APT_TIMERS)
+def test_apt_timer_enabled_unless_masked(host: Any, timer: str) -> None:
+    # The lab's image masks both on purpose; the role enables and starts them everywhere else.
+    if not host.ansible.get_variables().get("collector_security_updates", True):
+        pytest.skip("collector_security_updates is off for this host")
+    state = host.run("systemctl is-enabled %s", timer).stdout.strip()
+    assert state in ("enabled", "masked")
+    if state == "enabled":
+        assert host.service(timer).is_running
