@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pythons import find_python
 from tools import wheelhouse
 
 pytestmark = pytest.mark.integration
@@ -42,17 +43,6 @@ def for_target(target: wheelhouse.Target, site: Path) -> list[str]:
     return ["--only-binary=:all:", "--implementation", "cp", "--python-version",
             target.python_version, "--target", str(site),
             *[arg for platform in wheelhouse.platforms(target) for arg in ("--platform", platform)]]
-
-
-def find_python(minor: int) -> str | None:
-    """A working python3.X: on PATH, or one pyenv installed (its shim fails when not selected)."""
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    candidates = [shutil.which(f"python3.{minor}"),
-                  *map(str, sorted(pyenv.glob(f"3.{minor}.*/bin/python3.{minor}")))]
-    for candidate in filter(None, candidates):
-        if subprocess.run([candidate, "-c", ""], capture_output=True).returncode == 0:
-            return candidate
-    return None
 
 
 def pip_install(python: str, folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
