@@ -1,1 +1,1 @@
-"""The lab: real Debian 12 hosts (systemd-nspawn) running the fleet against the test doubles."""
+"""The lab: Debian 12 and 13 hosts (systemd-nspawn) running the fleet against the test doubles."""
