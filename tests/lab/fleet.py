@@ -380,7 +380,11 @@ def cycle(state: dict[str, Any], main: str) -> None:
         if name != main:
             result = on_host(state, name, as_collector("send"), check=False)
             print(f"send on {name}: rc {result.returncode} {result.stderr.strip()[-200:]}")
-    hour = on_host(state, main, "TZ=CET date +%Y-%m-%dT%H").stdout.strip()
+    # The hour as the collector sees it (Python's zoneinfo, with the tzdata wheel): `TZ=CET
+    # date` is UTC on Debian 13, whose tzdata moved CET to tzdata-legacy.
+    hour = on_host(state, main, f"{COLLECTOR.removesuffix('collector')}python -c "
+                   "\"import datetime, zoneinfo; print(datetime.datetime.now("
+                   "zoneinfo.ZoneInfo('CET')).strftime('%Y-%m-%dT%H'))\"").stdout.strip()
     day = hour.split("T")[0]
     for subcommand in (f"process --hour {hour} --force", "upload", f"report --day {day} --send"):
         result = on_host(state, main, as_collector(subcommand),
