@@ -242,6 +242,15 @@ def build_target(target: Target, locked: Sequence[Locked], collector: Path, out:
     return final
 
 
+def default_targets() -> list[Target]:
+    return [parse_target(name) for name in DEFAULT_TARGETS]
+
+
+def is_built(targets: Sequence[Target], out: Path = DEFAULT_OUT) -> bool:
+    """Every target's folder is there, SHA256SUMS (written last) included."""
+    return all((out / target.name / SUMS_NAME).exists() for target in targets)
+
+
 def build(targets: Sequence[Target], out: Path = DEFAULT_OUT, lock: Path = HOST_LOCK) -> list[Path]:
     """Every target's folder under `out`, from one build of the collector's wheel."""
     locked = parse_locked(lock.read_text())

@@ -32,8 +32,8 @@ CP311_X86_64 = wheelhouse.parse_target("cp311-x86_64")
 
 @pytest.fixture(scope="module")
 def built() -> Path:
-    targets = [wheelhouse.parse_target(name) for name in wheelhouse.DEFAULT_TARGETS]
-    if not all((OUT / t.name / wheelhouse.SUMS_NAME).exists() for t in targets):
+    targets = wheelhouse.default_targets()
+    if not wheelhouse.is_built(targets, OUT):
         wheelhouse.build(targets, OUT)
     return OUT
 

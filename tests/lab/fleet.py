@@ -41,10 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 LAB_DIR = nspawn.CACHE_DIR / os.environ.get("COLLECTOR_LAB_NAME", "lab")
 STATE_FILE = LAB_DIR / "state.json"
 INVENTORY_DIR = Path(os.environ.get("COLLECTOR_LAB_INVENTORY", REPO / "inventory" / "lab"))
-WHEELHOUSE = REPO / "build" / "wheelhouse"
-# Wheels carry file times; a fixed epoch makes a rebuild of unchanged code byte-identical,
-# so re-running the playbook after `make wheelhouse` changes nothing on the hosts.
-SOURCE_DATE_EPOCH = wheelhouse.SOURCE_DATE_EPOCH
+WHEELHOUSE = wheelhouse.DEFAULT_OUT
 COLLECTOR = "/opt/collector/venv/bin/collector"
 SETTINGS = "/etc/collector/server_settings.txt"
 OSF_PROJECT = "lab01"
@@ -73,14 +70,8 @@ def save_state(state: dict[str, Any]) -> None:
 
 def build_wheelhouse(out: Path = WHEELHOUSE) -> Path:
     """`make wheelhouse`: every default target (Debian 12 and 13, x86_64 and aarch64)."""
-    wheelhouse.build([wheelhouse.parse_target(name) for name in wheelhouse.DEFAULT_TARGETS], out)
+    wheelhouse.build(wheelhouse.default_targets(), out)
     return out
-
-
-def wheelhouse_built(out: Path = WHEELHOUSE) -> bool:
-    """Every default target's folder is there, SHA256SUMS (written last) included."""
-    return all((out / name / wheelhouse.SUMS_NAME).exists()
-               for name in wheelhouse.DEFAULT_TARGETS)
 
 
 def suites_for(count: int, suites: list[str]) -> list[str]:
@@ -340,7 +331,8 @@ def start(count: int, suites: list[str]) -> int:
     key = nspawn.controller_key()
     # A lab booted beside another (the fault suite's second lab) uses the wheelhouse the
     # first one just built: rebuilding it would pull it from under the other's site.yml.
-    if os.environ.get("COLLECTOR_LAB_PREBUILT") != "1" or not wheelhouse_built():
+    prebuilt = wheelhouse.is_built(wheelhouse.default_targets(), WHEELHOUSE)
+    if os.environ.get("COLLECTOR_LAB_PREBUILT") != "1" or not prebuilt:
         build_wheelhouse()
     names = host_names(count)
     # Two tokens per host: the one in use and the next one, for `rotate` (the fake API knows both).
