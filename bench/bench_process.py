@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 HOUR_START = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)  # 2026-01-01T01 in CET
 HOUR = "2026-01-01T01"
 
-# The seed's flattening: one CSV row per message that has data, columns of SPEC section 3.
+# The seed's flattening: one CSV row per message that has data, the tweets CSV's columns.
 JQ_FILTER = r"""
 select(.data != null) | .data as $t
 | (((.includes.users // []) | map(select(.id == $t.author_id)) | .[0]) // {}) as $u
@@ -55,7 +55,7 @@ YARDSTICK = r"""
 import subprocess, sys
 from pathlib import Path
 import pandas as pd
-from collector.merge import TWEET_COLUMNS, USER_COLUMNS
+from collector.sources.x.schema import TWEET_COLUMNS, USER_COLUMNS
 chunks_roots, out = [Path(p) for p in sys.argv[1:-1]], Path(sys.argv[-1])
 jq_filter = sys.stdin.read()
 frames = []

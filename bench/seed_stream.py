@@ -3,7 +3,7 @@
 Plain `Twarc2.sample()` (twarc reads 512-byte pieces, parses with the stdlib, sleeps its own
 way on errors) and `json.dumps` of each message into a file per minute, as the seed and the
 prior art (JanaLasser/twitter_sampled_stream_v2) do. Only the host is redirected to the fake,
-with the adapter research/stream.md section 6 (a) describes.
+with a transport adapter that rewrites the API's host to the fake's.
 
 Usage: python -m bench.seed_stream API_URL TOKEN OUT_DIR
 """

@@ -38,7 +38,7 @@ from typing import Any
 
 from collector import __version__
 from collector.errors import CollectorError, DiskFullError
-from collector.outputs import write_bytes_atomic
+from collector.fsutil import write_bytes_atomic
 from collector.settings import Settings
 from collector.status import HostStatus, status_parts
 

@@ -165,7 +165,8 @@ _KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "max_chunk_mb": (_int_between(1, 65536), str(DEFAULT_MAX_CHUNK_MB)),
     "ssh_identity_file": (_path, ""),
     "ssh_known_hosts_file": (_path, ""),
-    # Every host: where the copies the main replicates to this host land (collector.replicate).
+    # Every host: where the copies the main replicates to this host land
+    # (collector.transfer.replicate).
     "replica_dst": (_path, ""),
     # Main: the hosts it replicates its own chunks, departed servers' chunks and its vault to.
     "replicas": (_replica_targets, ""),
@@ -180,9 +181,9 @@ _SECONDARY_ONLY = ("main_host", "main_user")
 
 @dataclass(frozen=True)
 class Settings:
-    """Every key of `server_settings.txt`, parsed; `source` is the file it came from."""
+    """Every key of `server_settings.txt`, parsed; `path` is the file it came from."""
 
-    source: Path
+    path: Path
     library_dst: str
     API_key_dst: Path
     OSF_key_dst: Path | None
@@ -231,7 +232,9 @@ class Settings:
 
     @property
     def state_dir(self) -> Path:
-        """Where commands keep their small state files (status, upload ledger, locks)."""
+        """Where commands keep their small state files (stream status, ledgers, failure
+        counts, locks); the upload's ledger lives with the vault instead
+        (`collector.publish.osf.upload_state_dir`), since it describes what is published."""
         return self.data_storage_dst / ".collector"
 
 
@@ -285,13 +288,13 @@ def settings_from_mapping(raw: Mapping[str, str], source: Path) -> Settings:
             parsed[key] = parser(value)
         except ValueError as error:
             raise SettingsError(f"{source}: {key}={value!r} {error}") from None
-    settings = Settings(source=source, **parsed)
+    settings = Settings(path=source, **parsed)
     _check_consistency(settings)
     return settings
 
 
 def _check_consistency(settings: Settings) -> None:
-    source = settings.source
+    source = settings.path
     if settings.server_id not in settings.servers:
         raise SettingsError(f"{source}: server_id {settings.server_id} is not listed in servers")
     if len(set(settings.servers)) != len(settings.servers):
@@ -369,7 +372,7 @@ def read_bearer_token(settings: Settings) -> str:
 def read_osf_token(settings: Settings) -> str:
     """The OSF personal access token, from `OSF_key_dst/osf_credentials.txt`."""
     if settings.OSF_key_dst is None:
-        raise SettingsError(f"{settings.source}: OSF_key_dst is not set")
+        raise SettingsError(f"{settings.path}: OSF_key_dst is not set")
     path = settings.OSF_key_dst / "osf_credentials.txt"
     return read_credentials(path, ("token",))["token"]
 
@@ -377,6 +380,6 @@ def read_osf_token(settings: Settings) -> str:
 def read_email_credentials(settings: Settings) -> dict[str, str]:
     """SMTP server, port, login and addresses from `email_credentials.txt`."""
     if settings.email_credentials_dst is None:
-        raise SettingsError(f"{settings.source}: email_credentials_dst is not set")
+        raise SettingsError(f"{settings.path}: email_credentials_dst is not set")
     path = settings.email_credentials_dst / "email_credentials.txt"
     return read_credentials(path, ("server", "port", "user", "password", "fromaddr", "toaddr"))

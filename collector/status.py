@@ -8,7 +8,7 @@ Two copies until published (issue 11) adds three parts:
 
 * `kept_chunks` (secondary): chunks the current main confirmed and this host keeps until
   retention; `chunks_waiting` counts only the chunks the current main has NOT confirmed
-  (`collector.send`'s ledger), since the kept ones need nothing.
+  (`collector.transfer.send`'s ledger), since the kept ones need nothing.
 * `replication` (main with `replicas`): per replica host, what waits to be replicated and
   how the last runs went. Degraded when a host is more than `REPLICATION_BEHIND_DEGRADED`
   (2 h) behind (`replication_lag`), or after `SEND_FAILURES_DEGRADED` failed runs in a row.
@@ -36,11 +36,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from collector import osf, process, replicate, retention, send
-from collector.health import STATUS_FILE, read_health
 from collector.layout import HourKey, hour_bounds, iter_closed_chunks
-from collector.push import ConfirmedLedger, file_stamp
+from collector.process import ledger as process_ledger
+from collector.process import plan as process_plan
+from collector.process import quarantine as process_quarantine
+from collector.process import scan as process_scan
+from collector.publish import osf
 from collector.settings import Settings
+from collector.stream.health import STATUS_FILE, read_health
+from collector.transfer import replicate, retention, send
+from collector.transfer.rsync import ConfirmedLedger, file_stamp
 
 # The stream rewrites its health record every 2 s; older than this means it is not running.
 HEALTH_STALE_AFTER = 30.0
@@ -242,7 +247,7 @@ def replication_part(status: HostStatus, settings: Settings, now: float) -> None
         return
     chunks = replicate.list_chunks(settings)
     states = replicate.load_replicate_state(settings.state_dir / replicate.STATE_FILE)
-    ledger_changed = _mtime(settings.state_dir / process.LEDGER_NAME)
+    ledger_changed = _mtime(settings.state_dir / process_ledger.LEDGER_NAME)
     targets: dict[str, Any] = {}
     for target in settings.replicas:
         ledger = ConfirmedLedger.load(
@@ -361,15 +366,15 @@ def hour_age(hour: HourKey | None, settings: Settings, now: float) -> float | No
 
 def main_part(status: HostStatus, settings: Settings, now: float) -> None:
     """The last hour processed, the due hours still waiting, and the last upload."""
-    ledger = process.Ledger.load(settings.state_dir / process.LEDGER_NAME)
+    ledger = process_ledger.ProcessLedger.load(settings.state_dir / process_ledger.LEDGER_NAME)
     merged = sorted((HourKey.parse(key), entry) for key, entry in ledger.hours.items()
                     if not entry.get("pruned"))
     vault = settings.data_vault_dst
     assert vault is not None  # required on a main by the settings
-    all_sources = process.sources(settings)
-    found = process.scan_sources(all_sources, settings.max_chunk_bytes)
+    folders = process_scan.server_folders(settings)
+    found = process_scan.scan_folders(folders, settings.max_chunk_bytes)
     moment = datetime.fromtimestamp(now, UTC)
-    waiting = process.due_hours(found.hours, ledger, settings, moment, vault)
+    waiting = process_plan.due_hours(found.hours, ledger, settings, moment, vault)
     status.processing = {
         "last_hour_processed": str(merged[-1][0]) if merged else "",
         "last_hour_processed_age": hour_age(merged[-1][0] if merged else None, settings, now),
@@ -379,7 +384,7 @@ def main_part(status: HostStatus, settings: Settings, now: float) -> None:
         # Entries that are no chunk files: the next `process` run moves them to quarantine;
         # what the quarantine holds waits for a human (nothing deletes it).
         "entries_to_quarantine": len(found.rejected),
-        "quarantined_entries": process.quarantined_total(all_sources),
+        "quarantined_entries": process_quarantine.quarantined_total(folders),
     }
     if len(waiting) >= HOURS_WAITING_DEGRADED:
         status.worsen(Verdict.DEGRADED,
@@ -387,7 +392,7 @@ def main_part(status: HostStatus, settings: Settings, now: float) -> None:
     if not settings.osf_enabled:
         status.uploading = {"enabled": False}
         return
-    upload_ledger = osf.load_ledger(vault / ".collector" / osf.LEDGER_NAME,
+    upload_ledger = osf.load_ledger(osf.upload_state_dir(vault) / osf.LEDGER_NAME,
                                     osf.ledger_target(settings))
     last_run = upload_ledger.last_run
     uploaded = newest_uploaded_hour(list(upload_ledger.files))

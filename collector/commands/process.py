@@ -8,7 +8,7 @@ import logging
 from collector.commands import argument_type, settings_from_args
 from collector.errors import CollectorError
 from collector.layout import HourKey
-from collector.process import process
+from collector.process.run import process
 
 log = logging.getLogger("collector.process")
 

@@ -1,6 +1,6 @@
 """`collector receive DIR`: the main's forced command for one secondary's push key.
 
-Runs as the receiving account from authorized_keys (see `collector.receive`); it reads no
+Runs as the receiving account from authorized_keys (see `collector.transfer.receive`); it reads no
 settings file, so `--settings` is ignored here.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from collector.receive import run_reporting
+from collector.transfer.receive import run_reporting
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

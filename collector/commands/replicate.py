@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+from collector.alerts.notify import deliver_queued_alerts
 from collector.commands import settings_from_args
-from collector.notify import deliver_queued_alerts
-from collector.push import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_RUN_TIMEOUT
-from collector.replicate import replicate
+from collector.transfer.replicate import replicate
+from collector.transfer.rsync import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IO_TIMEOUT,
+    DEFAULT_RUN_TIMEOUT,
+)
 
 
 def _positive(text: str) -> int:

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from collector.commands import argument_type, settings_from_args
-from collector.report import build_report, parse_day, send_report, write_plot, yesterday
+from collector.report.summary import build_report, parse_day, send_report, write_plot, yesterday
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

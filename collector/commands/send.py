@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from collector.alerts.notify import deliver_queued_alerts
 from collector.commands import settings_from_args
-from collector.notify import deliver_queued_alerts
-from collector.send import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_RUN_TIMEOUT, send
+from collector.transfer.send import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IO_TIMEOUT,
+    DEFAULT_RUN_TIMEOUT,
+    send,
+)
 
 
 def _positive(text: str) -> int:

@@ -9,9 +9,9 @@ import signal
 import threading
 from types import FrameType
 
+from collector.alerts.notify import make_notifier
 from collector.commands import settings_from_args
-from collector.notify import make_notifier
-from collector.stream import run_stream
+from collector.stream.run import run_stream
 
 log = logging.getLogger("collector.stream")
 

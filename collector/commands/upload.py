@@ -1,7 +1,7 @@
 """`collector upload [--hour YYYY-mm-ddTHH]`: publish new IDs files and day reports on OSF.
 
 Being the main's hourly cron job, it also mails the alerts queued while the mail server was
-down (`collector.notify.deliver_queued_alerts`), whether or not the upload itself worked.
+down (`collector.alerts.notify.deliver_queued_alerts`), whether or not the upload itself worked.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 
+from collector.alerts.notify import deliver_queued_alerts
 from collector.commands import argument_type, settings_from_args
 from collector.layout import HourKey
-from collector.notify import deliver_queued_alerts
-from collector.osf import upload_to_osf
+from collector.publish.osf import upload_to_osf
 
 log = logging.getLogger("collector.upload")
 

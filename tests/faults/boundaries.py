@@ -1,5 +1,5 @@
 """Trust boundaries of the reliability campaign: attacks from outside, partial Ansible runs,
-real power cuts and a second stream (SPEC section 7).
+real power cuts and a second stream (docs/replication.md).
 
 Every attack is made the way an outsider would, never through the role's own code:
 

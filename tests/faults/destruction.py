@@ -1,4 +1,4 @@
-"""Hosts destroyed for good (SPEC section 7, issue 11): every captured line lives on two hosts
+"""Hosts destroyed for good (docs/replication.md): every captured line lives on two hosts
 until it is published, and a survivor can be promoted.
 
 These rows destroy hosts, so they run in a lab of their own (`d`, three hosts), one after the
@@ -65,9 +65,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from collector.fsutil import TEMP_MARK
 from collector.layout import hour_of
-from collector.outputs import TEMP_MARK
-from collector.process import LOOKBACK_MINUTES
+from collector.process.plan import LOOKBACK_MINUTES
 from tests.faults import measure
 from tests.faults.boundaries import _closed_chunks, _playbook
 from tests.faults.hostfaults import compile_zone

@@ -42,7 +42,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from collector.layout import hour_of
-from collector.stream import WRITE_BATCH
+from collector.stream.run import WRITE_BATCH
 from tests.faults import measure
 from tests.faults.scenarios import STREAM_UNIT, Lab, Scenario
 

@@ -31,8 +31,8 @@ import pytest
 import yaml
 
 from collector.commands import receive as receive_command
-from collector.send import DEFAULT_COLLECTOR_BIN, authorized_keys_line
 from collector.settings import ReplicaTarget, parse_key_values, settings_from_mapping
+from collector.transfer.send import DEFAULT_COLLECTOR_BIN, authorized_keys_line
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "collector"
 PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"

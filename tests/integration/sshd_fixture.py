@@ -8,7 +8,7 @@ per test session and removed at the end.
 
 The account cannot run the test venv's interpreter (here it lives under /root, mode 0700; in
 a fresh clone under a private temporary folder), so `collector` in this main's `bin/` is a
-stand-in: it runs a root-owned copy of `collector/receive.py` (stdlib only) with
+stand-in: it runs a root-owned copy of `collector/transfer/receive.py` (stdlib only) with
 `/usr/bin/python3`, the interpreter rrsync itself needs. `tests/integration/test_receive.py`
 checks the venv's real `collector receive` separately.
 
@@ -33,14 +33,14 @@ from pathlib import Path
 
 import pytest
 
-import collector.receive
-from collector.send import authorized_keys_line
+import collector.transfer.receive
+from collector.transfer.send import authorized_keys_line
 
 SSHD = Path("/usr/sbin/sshd")
 RRSYNC = Path("/usr/bin/rrsync")
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 PUSH_USER = "ctestpush"
-RECEIVE_SOURCE = Path(collector.receive.__file__)
+RECEIVE_SOURCE = Path(collector.transfer.receive.__file__)
 
 
 def missing_requirements() -> str | None:
@@ -192,7 +192,7 @@ class MainSshd:
         if self.rrsync != RRSYNC:  # the copy runs this flavor's rrsync
             patched = source.replace(f'RRSYNC = Path("{RRSYNC}")',
                                      f'RRSYNC = Path("{self.rrsync}")')
-            assert patched != source, "collector/receive.py no longer defines RRSYNC"
+            assert patched != source, "collector/transfer/receive.py no longer defines RRSYNC"
             source = patched
         receiver.write_text(source)
         receiver.chmod(0o644)
@@ -257,11 +257,11 @@ class MainSshd:
         reports a write-back error, so the client must treat a complete transfer as failed.
         """
         script = self.root / "bin" / "receive-then-fail"
-        flags = " ".join(collector.receive.RRSYNC_FLAGS)
+        flags = " ".join(collector.transfer.receive.RRSYNC_FLAGS)
         script.write_text(
             "#!/bin/sh\n"
             f'{self.rrsync} {flags} "$1" || exit $?\n'
-            f'echo "{collector.receive.ERROR_PREFIX} cannot make the push durable: '
+            f'echo "{collector.transfer.receive.ERROR_PREFIX} cannot make the push durable: '
             'syncfs($1) failed: Input/output error" >&2\n'
             "exit 1\n")
         script.chmod(0o755)

@@ -23,12 +23,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-import collector.adopt
-from collector.adopt import AdoptResult, adopt
+import collector.transfer.adopt
 from collector.errors import CollectorError, DiskFullError, LockedError, SettingsError
 from collector.layout import CHUNK_NAME, HourKey, chunk_path
-from collector.process import LEDGER_NAME, output_paths, process, process_lock
+from collector.process.ledger import LEDGER_NAME
+from collector.process.run import process, process_lock
 from collector.settings import Settings, load_settings
+from collector.sources.x import X_SOURCE
+from collector.transfer.adopt import AdoptResult, adopt
 from tests.doubles.samples import MessageFactory
 from tests.integration.test_process import (
     CET,
@@ -144,7 +146,7 @@ def ledger_bytes(hours: dict[str, object]) -> bytes:
 
 def vault_files(root: Path, hour: HourKey, marker: bytes = b"") -> None:
     """The three outputs of `hour` and the day's report, as small stand-ins."""
-    for path in output_paths(root, hour):
+    for path in X_SOURCE.output_paths(root, hour):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(lzma.compress(path.name.encode() + marker))
     (root / hour.day / f"{hour.day}_report.txt").write_text("hour\ttotal\n10\t3\n")
@@ -373,7 +375,7 @@ def test_across_filesystems_a_file_is_copied_durably_then_the_replica_removed(
     os.utime(chunk, ns=(5, 1_650_000_000_000_000_001))
     vault_files(tree / "vault", HOUR)
     role_folders(host)
-    real = collector.adopt.rename_noreplace
+    real = collector.transfer.adopt.rename_noreplace
     renames: list[str] = []
 
     def no_cross_device(source_fd: int, source: str, target_fd: int, target: str) -> None:
@@ -382,7 +384,7 @@ def test_across_filesystems_a_file_is_copied_durably_then_the_replica_removed(
             raise OSError(18, os.strerror(18))  # EXDEV
         real(source_fd, source, target_fd, target)  # the temporary into place
 
-    monkeypatch.setattr(collector.adopt, "rename_noreplace", no_cross_device)
+    monkeypatch.setattr(collector.transfer.adopt, "rename_noreplace", no_cross_device)
     result = adopt(host)
     assert dict(result.chunks) == {"srv1": 1} and result.vault_files == 4
     target = incoming(host, "srv1") / DAY / "10" / chunk.name
@@ -441,11 +443,11 @@ def test_a_full_disk_stops_in_one_line_and_leaves_the_replica(
 def test_the_cli_refuses_on_a_secondary_in_one_line(make_host: HostMaker) -> None:
     secondary = make_host("s", "srv3", "srv2,srv3", role="secondary")
     done = subprocess.run([sys.executable, "-m", "collector", "--settings",
-                           str(secondary.source), "adopt"], cwd=REPO, capture_output=True,
+                           str(secondary.path), "adopt"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"collector adopt: error: {secondary.source}: collector adopt runs on the main "
+        f"collector adopt: error: {secondary.path}: collector adopt runs on the main "
         f"(role=main with data_vault_dst and incoming_dst); this host is a secondary"]
 
 
@@ -453,7 +455,7 @@ def test_the_cli_refuses_on_a_secondary_in_one_line(make_host: HostMaker) -> Non
 
 def digests(settings: Settings, hours: list[HourKey]) -> dict[str, str]:
     return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-            for hour in hours for path in output_paths(vault(settings), hour)}
+            for hour in hours for path in X_SOURCE.output_paths(vault(settings), hour)}
 
 
 def copy_tree(source: Path, target: Path, keep: Callable[[Path], bool] = lambda p: True) -> None:

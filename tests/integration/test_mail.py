@@ -21,20 +21,19 @@ from pathlib import Path
 
 import pytest
 
-from collector import cli, notify
-from collector.errors import DiskFullError
-from collector.mail import (
-    ALERT_STATE_FILE,
-    CAFILE_ENV,
-    OUTBOX_DIR,
-    OUTBOX_MAX_AGE,
-    AlertLedger,
-    EmailNotifier,
-    MailCredentials,
-    Outbox,
-    send_mail,
+from collector import cli
+from collector.alerts import notify
+from collector.alerts.email import EmailNotifier
+from collector.alerts.notify import (
+    FanOutNotifier,
+    LogNotifier,
+    deliver_queued_alerts,
+    make_notifier,
 )
-from collector.notify import FanOutNotifier, LogNotifier, deliver_queued_alerts, make_notifier
+from collector.alerts.outbox import OUTBOX_DIR, OUTBOX_MAX_AGE, Outbox
+from collector.alerts.rate import ALERT_STATE_FILE, AlertLedger
+from collector.alerts.smtp import CAFILE_ENV, MailCredentials, send_mail
+from collector.errors import DiskFullError
 from collector.settings import Settings, load_settings
 from tests.conftest import SettingsWriter
 from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
@@ -172,11 +171,11 @@ def test_concurrent_processes_send_one_mail(
         "import logging, sys\n"
         "logging.basicConfig(level=logging.INFO)\n"
         "from collector.settings import load_settings\n"
-        "from collector.notify import make_notifier\n"
+        "from collector.alerts.notify import make_notifier\n"
         "make_notifier(load_settings(__import__('pathlib').Path(sys.argv[1])))"
         ".alert('process_failing', 'merge failed')\n"
     )
-    workers = [subprocess.Popen([sys.executable, "-c", script, str(settings.source)],
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(settings.path)],
                                 cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
                for _ in range(4)]
     outputs = [worker.communicate(timeout=60)[1] for worker in workers]
@@ -371,7 +370,7 @@ def test_upload_command_mails_the_queue(
     assert len(Outbox(settings.state_dir)) == 1
     cert, key = tls_files
     with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key, port=port) as smtp:
-        assert cli.main(["--settings", str(settings.source), "upload"]) == 0
+        assert cli.main(["--settings", str(settings.path), "upload"]) == 0
         [message] = smtp.wait_for(1)
     assert message["Subject"] == "[collector srv1] process_failing: merge failed"
     assert len(Outbox(settings.state_dir)) == 0
@@ -394,7 +393,7 @@ def test_send_command_mails_the_queue_even_when_the_push_fails(
     chunk.write_text('{"data": {"id": "1"}}\n')
     cert, key = tls_files
     with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key, port=port) as smtp:
-        assert cli.main(["--settings", str(settings.source), "send"]) != 0
+        assert cli.main(["--settings", str(settings.path), "send"]) != 0
         [message] = smtp.wait_for(1)
     assert message["Subject"] == "[collector srv1] stream_crashed: killed"
     assert len(Outbox(settings.state_dir)) == 0

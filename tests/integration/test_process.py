@@ -28,12 +28,16 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-import collector.process
+import collector.process.plan
+import collector.process.read
+import collector.process.scan
+from collector.alerts.smtp import CAFILE_ENV
 from collector.errors import CollectorError, DiskFullError, LockedError
 from collector.layout import HourKey, chunk_path
-from collector.mail import CAFILE_ENV
-from collector.process import LEDGER_NAME, process, process_lock
+from collector.process.ledger import LEDGER_NAME
+from collector.process.run import process, process_lock
 from collector.settings import Settings, load_settings
+from collector.sources.x import X_SOURCE
 from tests.doubles.samples import MessageFactory
 from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
 from tests.integration.test_mail import SMTP_PASSWORD, SMTP_USER, write_mail_credentials
@@ -214,7 +218,7 @@ def root_of(settings: Settings, server: str) -> Path:
     return settings.incoming_dst / server
 
 
-def all_sources(settings: Settings) -> list[tuple[str, Path]]:
+def folders(settings: Settings) -> list[tuple[str, Path]]:
     return [(s, root_of(settings, s)) for s in settings.servers]
 
 
@@ -285,7 +289,7 @@ def test_three_servers_hostile_lines_exact_outputs_and_byte_identical_rerun(
     assert [r.hour for r in result.hours] == [HOUR]
     vault = main_settings.data_vault_dst
     assert vault is not None
-    assert_matches(vault, HOUR, all_sources(main_settings))
+    assert_matches(vault, HOUR, folders(main_settings))
     got = read_outputs(vault, HOUR)
     texts = {row[0]: row[7] for row in got["tweets"][1:]}
     assert texts[str(10**18 + 1)] == "cr\rhere" and texts[str(10**18 + 6)] == "\r\n"
@@ -303,10 +307,10 @@ def test_helper_interpreters_index_a_large_hour_exactly_like_one_process(
     assert vault is not None
     process(main_settings, hour=HOUR, now=LATER, workers=1)  # one process
     alone = tree_bytes(vault)
-    monkeypatch.setattr(collector.process, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(collector.process.read, "PARALLEL_MIN_BYTES", 0)
     for workers in (2, 3):  # the hour split in two and three groups of chunks
         process(main_settings, hour=HOUR, now=LATER, workers=workers)
-        assert_matches(vault, HOUR, all_sources(main_settings))
+        assert_matches(vault, HOUR, folders(main_settings))
         assert tree_bytes(vault) == alone
 
 
@@ -318,7 +322,7 @@ def test_pandas_reads_the_text_back_unchanged(main_settings: Settings) -> None:
     folder = main_settings.data_vault_dst / HOUR.day
     frame = pd.read_csv(folder / f"{HOUR.file_prefix}_tweets.csv.xz", dtype=str,
                         keep_default_na=False)
-    want = expected_hour(all_sources(main_settings), HOUR)
+    want = expected_hour(folders(main_settings), HOUR)
     assert frame["text"].tolist() == [row[7] for row in want["tweets"]]
     users = pd.read_csv(folder / f"{HOUR.file_prefix}_users.csv.xz", dtype=str,
                         keep_default_na=False)
@@ -336,7 +340,7 @@ def test_late_chunk_reprocesses_the_hour_with_everything(main_settings: Settings
     write_chunk(main_settings, "srv2", HOUR_START + timedelta(minutes=10), late)
     result = process(main_settings, now=LATER + timedelta(hours=3))
     assert [r.hour for r in result.hours] == [HOUR]
-    assert_matches(vault, HOUR, all_sources(main_settings))
+    assert_matches(vault, HOUR, folders(main_settings))
     after = read_outputs(vault, HOUR)
     assert int(after["report"]["10"]["total"]) == int(before["report"]["10"]["total"]) + 1
     assert len(after["report"]) == 1  # the line was replaced, not added
@@ -377,7 +381,7 @@ def test_a_tweet_received_again_after_the_hour_changed_is_published_once(
     assert set(read_outputs(vault, ten)["ids"]) == ids
     assert read_outputs(vault, eleven)["ids"] == []
     for hour in (ten, eleven):
-        assert_matches(vault, hour, all_sources(main_settings))
+        assert_matches(vault, hour, folders(main_settings))
 
 
 def test_catch_up_processes_every_due_hour_and_retention_removes_old_chunks(
@@ -394,7 +398,7 @@ def test_catch_up_processes_every_due_hour_and_retention_removes_old_chunks(
     assert vault is not None
     for h in range(4):
         hour = HourKey("2026-02-03", f"{10 + h}")
-        assert_matches(vault, hour, all_sources(main_settings))
+        assert_matches(vault, hour, folders(main_settings))
     report = read_outputs(vault, HOUR)["report"]
     assert list(report) == ["10", "11", "12", "13"]
     # A week later the raw chunks go; the hour is not reprocessed with nothing.
@@ -431,7 +435,7 @@ def test_clock_change_days_neither_merge_nor_lose_an_hour(main_settings: Setting
     assert list(first["report"]) == ["02", "02b"]
     assert list(read_outputs(vault, HourKey("2026-03-29", "01"))["report"]) == ["01", "03"]
     for hour in ("2026-10-25T02", "2026-10-25T02b", "2026-03-29T01", "2026-03-29T03"):
-        assert_matches(vault, HourKey.parse(hour), all_sources(main_settings))
+        assert_matches(vault, HourKey.parse(hour), folders(main_settings))
     with pytest.raises(CollectorError, match="does not exist"):
         process(main_settings, hour=HourKey("2026-03-29", "02"), force=True)
 
@@ -454,7 +458,7 @@ def test_a_second_run_at_once_is_refused(main_settings: Settings) -> None:
 
 
 def _cli(settings: Settings, *args: str) -> list[str]:
-    return [sys.executable, "-m", "collector", "--settings", str(settings.source), *args]
+    return [sys.executable, "-m", "collector", "--settings", str(settings.path), *args]
 
 
 def test_sigkill_mid_run_leaves_no_half_file_and_the_rerun_completes(
@@ -481,7 +485,7 @@ def test_sigkill_mid_run_leaves_no_half_file_and_the_rerun_completes(
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
-    assert_matches(vault, HOUR, all_sources(main_settings))
+    assert_matches(vault, HOUR, folders(main_settings))
 
 
 def test_cli_errors_are_one_line(main_settings: Settings) -> None:
@@ -581,7 +585,7 @@ def test_full_disk_is_a_clear_error_and_inputs_stay(tmp_path: Path,
 def outputs_of(vault: Path, hour: HourKey) -> dict[str, bytes]:
     """The three published files of an hour, as bytes."""
     return {path.name: path.read_bytes()
-            for path in collector.process.output_paths(vault, hour)}
+            for path in X_SOURCE.output_paths(vault, hour)}
 
 
 def report_rows(vault: Path, day: str) -> tuple[list[str], dict[str, dict[str, str]]]:
@@ -619,8 +623,8 @@ def test_a_departed_servers_chunks_stay_merged_and_only_its_hours_count_it(
         role="main", server_id="srv1", servers="srv1,srv3", data_vault_dst=str(vault),
         incoming_dst=str(tmp_path / "incoming"), osf_enabled="False", main_host=None,
         main_user=None))
-    assert collector.process.departed_server_ids(departed) == ["srv2"]
-    assert [s.server_id for s in collector.process.sources(departed)] == [
+    assert collector.process.scan.departed_server_ids(departed) == ["srv2"]
+    assert [s.server_id for s in collector.process.scan.server_folders(departed)] == [
         "srv1", "srv3", "srv2"]
     eleven = HourKey("2026-02-03", "11")
     later = HOUR_START + timedelta(hours=1)
@@ -638,7 +642,7 @@ def test_a_departed_servers_chunks_stay_merged_and_only_its_hours_count_it(
         == coverage_before
     header, rows = report_rows(vault, HOUR.day)
     assert header[:5] == ["hour", "srv1", "srv3", "srv2", "total"]
-    want = expected_hour(all_sources(main_settings), HOUR)
+    want = expected_hour(folders(main_settings), HOUR)
     assert {s: int(rows["10"][s]) for s in SERVERS} == want["per_server"]
     assert int(rows["10"]["diff"]) == want["diff"]
     assert rows["11"]["srv2"] == "" and rows["11"]["diff"] == "0"  # srv2 no longer counted
@@ -705,7 +709,7 @@ def test_an_hour_is_never_published_again_with_fewer_ids(
     result = process(main_settings, now=LATER + timedelta(hours=4))
     assert [r.hour for r in result.hours] == [HOUR, noon] and result.fewer_ids == []
     assert len(read_outputs(vault, HOUR)["ids"]) == total + 1
-    assert_matches(vault, HOUR, all_sources(main_settings))
+    assert_matches(vault, HOUR, folders(main_settings))
     assert "fewer_ids" not in json.loads(
         (main_settings.state_dir / LEDGER_NAME).read_text())["hours"][str(HOUR)]
 
@@ -755,7 +759,7 @@ def test_an_unreadable_ids_file_is_replaced(main_settings: Settings,
     assert vault is not None
     fill_hour(main_settings, tweets=60)
     process(main_settings, now=LATER)
-    ids_path = collector.process.output_paths(vault, HOUR)[0]
+    ids_path = X_SOURCE.output_paths(vault, HOUR)[0]
     good = ids_path.read_bytes()
     ids_path.write_bytes(b"garbage")
     result = process(main_settings, hour=HOUR, now=LATER)

@@ -27,11 +27,13 @@ from pathlib import Path
 
 import pytest
 
-import collector.process
+import collector.process.read
+import collector.process.run
 from collector import cli
+from collector.alerts.smtp import CAFILE_ENV
 from collector.layout import HourKey
-from collector.mail import CAFILE_ENV
-from collector.process import Scan, Source, process, scan_sources
+from collector.process.run import process
+from collector.process.scan import Scan, ServerFolder, scan_folders
 from collector.settings import Settings, load_settings
 from tests.conftest import SettingsWriter
 from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
@@ -42,9 +44,9 @@ from tests.integration.test_process import (
     LATER,
     REPO,
     SERVERS,
-    all_sources,
     assert_matches,
     fill_hour,
+    folders,
     stream_line,
 )
 from tests.integration.test_process import hostile as tweet_message
@@ -300,7 +302,7 @@ def test_hostile_entry_is_quarantined_and_every_hour_published_as_without_it(
     assert [r.hour for r in result.hours] == [r.hour for r in baseline.hours] == [HOUR, NEXT]
     assert published(hostile) == published(clean)
     for hour in (HOUR, NEXT):
-        assert_matches(vault(hostile), hour, all_sources(hostile))
+        assert_matches(vault(hostile), hour, folders(hostile))
     # Counted in the report line of its hour (0 everywhere else).
     want = {"10": "0", "11": "0"}
     if case.report_hour is not None:
@@ -329,7 +331,7 @@ def test_a_fifo_does_not_block_the_cli_run_nor_hold_the_lock(make_site: SiteMake
     settings = make_site("cli")
     fill(settings)
     os.mkfifo(srv2(settings) / "2026-02-03" / "10" / HOSTILE_NAME)
-    command = [sys.executable, "-m", "collector", "--settings", str(settings.source), "process"]
+    command = [sys.executable, "-m", "collector", "--settings", str(settings.path), "process"]
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -367,7 +369,7 @@ def test_cli_logs_one_line_per_quarantined_entry_and_fails_in_one_line(
     twelve.mkdir()
     os.mkfifo(twelve / "srv2_2026-02-03_12-00.jsonl")
     # Hour 12's only chunk is a FIFO: asked for by name, it has no chunks, in one line.
-    assert cli.main(["--settings", str(settings.source), "process", "--hour",
+    assert cli.main(["--settings", str(settings.path), "process", "--hour",
                      "2026-02-03T12"]) == 1
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
@@ -385,7 +387,7 @@ def test_cli_logs_one_line_per_quarantined_entry_and_fails_in_one_line(
         "(a FIFO)"]
     assert "Traceback" not in err
     # The ordinary run publishes both hours and says so in its last line.
-    assert cli.main(["--settings", str(settings.source), "process"]) == 0
+    assert cli.main(["--settings", str(settings.path), "process"]) == 0
     err = capsys.readouterr().err
     assert _without_time(err.strip().splitlines()[-1]).startswith(
         "INFO collector.process: done: 2 hours processed, 0 hours of raw chunks removed")
@@ -421,7 +423,7 @@ def test_own_open_chunks_and_rsync_temporaries_are_left_alone_and_own_rejects_ke
     assert part.exists() and operator_file.exists() and temp.exists()
     assert stat.S_ISFIFO(hidden_fifo.lstat().st_mode)
     for hour in (HOUR, NEXT):  # neither the .part nor the temporary was merged
-        assert_matches(vault(settings), hour, all_sources(settings))
+        assert_matches(vault(settings), hour, folders(settings))
     assert report_cells(settings, "quarantined") == {"10": "1", "11": "0"}
 
 
@@ -436,13 +438,13 @@ def test_a_chunk_swapped_for_a_fifo_after_the_scan_is_not_opened(
     fill(settings)
     victim = srv2(settings) / "2026-02-03" / "10" / "srv2_2026-02-03_10-00.jsonl"
 
-    def scan_then_swap(all_sources: list[Source], max_bytes: int) -> Scan:
-        scan = scan_sources(all_sources, max_bytes)
+    def scan_then_swap(folders: list[ServerFolder], max_bytes: int) -> Scan:
+        scan = scan_folders(folders, max_bytes)
         victim.unlink()
         os.mkfifo(victim)
         return scan
 
-    monkeypatch.setattr(collector.process, "scan_sources", scan_then_swap)
+    monkeypatch.setattr(collector.process.run, "scan_folders", scan_then_swap)
     started = time.monotonic()
     result = process(settings, now=LATER)
     assert time.monotonic() - started < 20
@@ -453,7 +455,7 @@ def test_a_chunk_swapped_for_a_fifo_after_the_scan_is_not_opened(
         ("2026-02-03/10/srv2_2026-02-03_10-00.jsonl", "a FIFO", moved_to)]
     assert stat.S_ISFIFO(moved_to.lstat().st_mode)
     assert report_cells(settings, "quarantined") == {"10": "1", "11": "0"}
-    assert_matches(vault(settings), HOUR, all_sources(settings))  # without minute 00 of srv2
+    assert_matches(vault(settings), HOUR, folders(settings))  # without minute 00 of srv2
     monkeypatch.undo()
     again = process(settings, now=LATER + timedelta(minutes=5))
     assert again.quarantined == [] and again.hours == []
@@ -471,13 +473,13 @@ def test_an_entry_replaced_before_its_move_is_left_for_the_next_scan(
     os.mkfifo(planted)
     aside = planted.with_name(".aside")  # keeps the FIFO's inode from being reused
 
-    def scan_then_replace(all_sources: list[Source], max_bytes: int) -> Scan:
-        scan = scan_sources(all_sources, max_bytes)
+    def scan_then_replace(folders: list[ServerFolder], max_bytes: int) -> Scan:
+        scan = scan_folders(folders, max_bytes)
         planted.rename(aside)
         planted.write_bytes(tweet_lines(4 * 10**18))
         return scan
 
-    monkeypatch.setattr(collector.process, "scan_sources", scan_then_replace)
+    monkeypatch.setattr(collector.process.run, "scan_folders", scan_then_replace)
     result = process(settings, now=LATER)
     assert result.quarantined == []
     assert f"srv2 entry 2026-02-03/10/{HOSTILE_NAME} changed while it was checked; the next " \
@@ -489,7 +491,7 @@ def test_an_entry_replaced_before_its_move_is_left_for_the_next_scan(
     # Now merged as a late chunk (minute 58 is also in hour 11's look back).
     assert [r.hour for r in again.hours] == [HOUR, NEXT]
     for hour in (HOUR, NEXT):
-        assert_matches(vault(settings), hour, all_sources(settings))
+        assert_matches(vault(settings), hour, folders(settings))
 
 
 @pytest.mark.timeout(120)
@@ -499,7 +501,7 @@ def test_a_chunk_growing_while_read_is_read_only_up_to_its_size_at_open(
     fill(settings)
     grower = srv2(settings) / "2026-02-03" / "10" / "srv2_2026-02-03_10-00.jsonl"
     late_line = tweet_lines(5 * 10**18, count=1)
-    real_open = collector.process.open_chunk
+    real_open = collector.process.read.open_chunk
 
     def open_then_grow(root: Path, parts: tuple[str, ...], max_bytes: int) -> tuple[int, int]:
         opened = real_open(root, parts, max_bytes)
@@ -508,7 +510,7 @@ def test_a_chunk_growing_while_read_is_read_only_up_to_its_size_at_open(
                 handle.write(late_line)
         return opened
 
-    monkeypatch.setattr(collector.process, "open_chunk", open_then_grow)
+    monkeypatch.setattr(collector.process.read, "open_chunk", open_then_grow)
     process(settings, now=LATER)
     ids_file = vault(settings) / "2026-02-03" / "2026-02-03_10_IDs.txt.xz"
     assert str(5 * 10**18) not in lzma.decompress(ids_file.read_bytes()).decode()
@@ -517,7 +519,7 @@ def test_a_chunk_growing_while_read_is_read_only_up_to_its_size_at_open(
     result = process(settings, now=LATER + timedelta(minutes=5))
     assert [r.hour for r in result.hours] == [HOUR]
     assert str(5 * 10**18) in lzma.decompress(ids_file.read_bytes()).decode()
-    assert_matches(vault(settings), HOUR, all_sources(settings))
+    assert_matches(vault(settings), HOUR, folders(settings))
 
 
 @pytest.mark.timeout(120)
@@ -556,7 +558,7 @@ def test_a_smaller_max_chunk_mb_quarantines_a_big_chunk(make_site: SiteMaker) ->
         ("2026-02-03/11/srv2_2026-02-03_11-58.jsonl",
          f"{size} bytes, more than the limit of 1 MiB (max_chunk_mb)")]
     for hour in (HOUR, NEXT):
-        assert_matches(vault(settings), hour, all_sources(settings))
+        assert_matches(vault(settings), hour, folders(settings))
     assert report_cells(settings, "quarantined") == {"10": "0", "11": "1"}
 
 

@@ -28,10 +28,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import collector.receive as receive
 from collector.layout import chunk_path
-from collector.send import SendConflictError, send
 from collector.settings import load_settings
+from collector.transfer import receive
+from collector.transfer.send import SendConflictError, send
 from tests.conftest import SettingsWriter
 from tests.integration.sshd_fixture import (
     FLAVORS,

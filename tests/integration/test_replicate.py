@@ -28,7 +28,8 @@ import pytest
 from collector.cli import main as cli_main
 from collector.errors import LockedError, RemoteError, SettingsError
 from collector.layout import PART_SUFFIX, chunk_path
-from collector.replicate import (
+from collector.settings import Settings, load_settings
+from collector.transfer.replicate import (
     LOCK_FILE,
     STATE_FILE,
     ReplicateResult,
@@ -36,7 +37,6 @@ from collector.replicate import (
     replicate,
     target_ledger_path,
 )
-from collector.settings import Settings, load_settings
 from tests.conftest import SettingsWriter
 from tests.integration.sshd_fixture import (
     FLAVORS,

@@ -15,10 +15,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.coverage import day_hours, write_hour_coverage
-from collector.daily_report import HourLine, update_report
-from collector.mail import CAFILE_ENV
-from collector.report import day_totals, render_table, yesterday
+from collector.alerts.smtp import CAFILE_ENV
+from collector.report.coverage import day_hours, write_hour_coverage
+from collector.report.day import HourLine, update_report
+from collector.report.summary import day_totals, render_table, yesterday
+from collector.sources.x import X_SOURCE
 from tests.conftest import SettingsWriter
 from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
 from tests.integration.test_mail import (
@@ -28,6 +29,8 @@ from tests.integration.test_mail import (
     free_port,
     write_mail_credentials,
 )
+
+REPORT_EXTRA = X_SOURCE.report_columns  # the day report's columns after diff %
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +81,7 @@ class MainSite:
             total = max(per_server.values()) + 10
             line = HourLine(hour.hour, per_server, total, diff=total - min(per_server.values()),
                             extra={"duplicates": 3, "chunks": 120})
-            update_report(day_dir, DAY, line, ["srv1", "srv2"])
+            update_report(day_dir, DAY, line, ["srv1", "srv2"], REPORT_EXTRA)
 
     def run(self, *args: str, cafile: Path | None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

@@ -28,7 +28,8 @@ import pytest
 from collector.cli import main as cli_main
 from collector.errors import LockedError, RemoteError, SettingsError
 from collector.layout import CHUNK_NAME, PART_SUFFIX, chunk_path
-from collector.send import (
+from collector.settings import Settings, load_settings
+from collector.transfer.send import (
     LEDGER_FILE,
     LOCK_FILE,
     STATE_FILE,
@@ -38,7 +39,6 @@ from collector.send import (
     load_send_state,
     send,
 )
-from collector.settings import Settings, load_settings
 from tests.conftest import SettingsWriter
 from tests.doubles.samples import MessageFactory
 from tests.integration.sshd_fixture import (

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from collector.errors import LockedError
-from collector.stream import stream_lock
+from collector.stream.run import stream_lock
 from tests.conftest import SettingsWriter
 from tests.doubles.fake_api import FakeStreamAPI
 from tests.integration.stream_harness import (

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import collector.adopt
-from collector.adopt import clean_ledger_hours, is_vault_name, rename_noreplace
+import collector.transfer.adopt
 from collector.layout import HourKey
+from collector.transfer.adopt import clean_ledger_hours, is_vault_name, rename_noreplace
 
 
 @pytest.mark.parametrize(("name", "ok"), [
@@ -52,7 +52,7 @@ def test_only_well_formed_entries_of_published_hours_are_trusted() -> None:
 @pytest.fixture(params=["renameat2", "fallback"])
 def renamer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "fallback":  # a kernel or libc without renameat2
-        monkeypatch.setattr(collector.adopt, "_libc", False)
+        monkeypatch.setattr(collector.transfer.adopt, "_libc", False)
     yield request.param
 
 

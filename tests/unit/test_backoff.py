@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from collector.backoff import ConnectionPolicy, Failure, time_scale
 from collector.errors import SettingsError
+from collector.stream.backoff import ConnectionPolicy, Failure, time_scale
 
 
 def waits(policy: ConnectionPolicy, failure: Failure, count: int) -> list[float]:

@@ -17,9 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from collector import daily_report
-from collector.layout import (
-    MIB,
+from collector.layout import MIB, is_day_name, is_hour_name, iter_closed_chunks
+from collector.process.quarantine import (
+    QuarantinedEntry,
+    entry_hour,
+    quarantine_alert,
+    quarantine_name,
+)
+from collector.process.scan import shown
+from collector.report import day as daily_report
+from collector.sources.x import X_SOURCE
+from collector.tree import (
     Decision,
     Entry,
     EntryChanged,
@@ -28,22 +36,14 @@ from collector.layout import (
     chunk_name_problem,
     classify_entry,
     file_problem,
-    is_day_name,
-    is_hour_name,
-    iter_closed_chunks,
     move_entry,
     open_chunk,
     read_at_most,
     remove_entry,
     scan_tree,
 )
-from collector.process import (
-    QuarantinedEntry,
-    entry_hour,
-    quarantine_alert,
-    quarantine_name,
-    shown,
-)
+
+REPORT_EXTRA = X_SOURCE.report_columns  # the day report's columns after diff %
 
 REG, DIR, LNK = stat.S_IFREG | 0o640, stat.S_IFDIR | 0o750, stat.S_IFLNK | 0o777
 FIFO, SOCK, CHR = stat.S_IFIFO | 0o640, stat.S_IFSOCK | 0o755, stat.S_IFCHR | 0o666
@@ -173,14 +173,14 @@ def test_quarantine_alert_names_the_first_and_counts_the_rest() -> None:
 def test_with_cells_updates_an_existing_line_only() -> None:
     servers = ("s1", "s2")
     report = daily_report.with_hour(daily_report.DayReport((), {}), daily_report.HourLine(
-        "05", {"s1": 3, "s2": 2}, 3, 1, {"duplicates": 1, "quarantined": 0}), servers)
-    assert daily_report.with_cells(report, "06", {"quarantined": 2}, servers) is None
-    updated = daily_report.with_cells(report, "05", {"quarantined": 2}, servers)
+        "05", {"s1": 3, "s2": 2}, 3, 1, {"duplicates": 1, "quarantined": 0}), servers, REPORT_EXTRA)
+    assert daily_report.with_cells(report, "06", {"quarantined": 2}, servers, REPORT_EXTRA) is None
+    updated = daily_report.with_cells(report, "05", {"quarantined": 2}, servers, REPORT_EXTRA)
     assert updated is not None
     assert updated.rows["05"]["quarantined"] == "2"
     assert updated.rows["05"]["duplicates"] == "1" and updated.rows["05"]["s1"] == "3"
     assert report.rows["05"]["quarantined"] == "0"  # pure
-    assert daily_report.report_columns(servers)[-1] == "quarantined"
+    assert daily_report.report_columns(servers, REPORT_EXTRA)[-1] == "quarantined"
 
 
 # ---- the primitives on real entries ----------------------------------------------------------
@@ -324,6 +324,6 @@ def test_iter_closed_chunks_does_not_follow_links(tree: Path, tmp_path: Path) ->
 
 
 def test_quarantine_stamp_is_utc() -> None:
-    from collector.process import Quarantine
+    from collector.process.quarantine import Quarantine
 
     assert Quarantine(datetime(2026, 12, 2, 6, 15, 2, tzinfo=UTC)).stamp == "20261202T061502Z"

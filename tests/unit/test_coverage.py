@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.coverage import (
+from collector.layout import HourKey
+from collector.report.coverage import (
     COVERAGE_DIR,
     coverage_path,
     day_hours,
@@ -18,7 +19,6 @@ from collector.coverage import (
     read_day_coverage,
     write_hour_coverage,
 )
-from collector.layout import HourKey
 
 CET = ZoneInfo("CET")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,18 +8,27 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collector import daily_report
 from collector.layout import HourKey
-from collector.merge import HourIndex
-from collector.process import (
+from collector.process.fewer_ids import (
     FewerIds,
     UnreadableIds,
     check_fewer_ids,
     compare_ids,
     fewer_ids_alert,
-    report_line,
-    reported_servers,
 )
+from collector.process.write import report_line, reported_servers
+from collector.report import day as daily_report
+from collector.sources.x import X_SOURCE
+from collector.sources.x.merge import HourIndex
+
+REPORT_EXTRA = X_SOURCE.report_columns  # the day report's columns after diff %
+SKIPS = X_SOURCE.skip_reasons
+
+
+def with_hour(report: daily_report.DayReport, line: daily_report.HourLine,
+              servers: tuple[str, ...]) -> daily_report.DayReport:
+    """`daily_report.with_hour` with X's report columns."""
+    return daily_report.with_hour(report, line, servers, REPORT_EXTRA)
 
 HOUR = HourKey("2026-02-03", "10")
 
@@ -113,12 +122,12 @@ def test_diff_counts_only_the_servers_shown() -> None:
     index = HourIndex(("srv2", "srv3", "srv1"))
     index.add_chunk(0, _message(1) + _message(2))
     index.add_chunk(1, _message(1) + _message(2))
-    alone = report_line(HOUR, index, shown=("srv2", "srv3"))
+    alone = report_line(HOUR, index, SKIPS, shown=("srv2", "srv3"))
     assert alone.per_server == {"srv2": 2, "srv3": 2} and alone.diff == 0
-    everyone = report_line(HOUR, index)  # the departed srv1 counted: it has nothing
+    everyone = report_line(HOUR, index, SKIPS)  # the departed srv1 counted: it has nothing
     assert everyone.per_server["srv1"] == 0 and everyone.diff == 2 == index.diff()
     index.add_chunk(2, _message(1))
-    line = report_line(HOUR, index, shown=("srv2", "srv3", "srv1"))
+    line = report_line(HOUR, index, SKIPS, shown=("srv2", "srv3", "srv1"))
     assert line.per_server == {"srv2": 2, "srv3": 2, "srv1": 1} and line.diff == 1
 
 
@@ -129,13 +138,13 @@ def _line(hour: str, counts: dict[str, int]) -> daily_report.HourLine:
 def test_the_report_keeps_a_departed_column_while_a_line_counts_it() -> None:
     # Written by the old main srv1 while it was one of the servers.
     old = daily_report.DayReport((), {})
-    old = daily_report.with_hour(old, _line("08", {"srv1": 5, "srv2": 5}), ("srv1", "srv2"))
-    old = daily_report.with_hour(old, _line("09", {"srv1": 5, "srv2": 5}), ("srv1", "srv2"))
+    old = with_hour(old, _line("08", {"srv1": 5, "srv2": 5}), ("srv1", "srv2"))
+    old = with_hour(old, _line("09", {"srv1": 5, "srv2": 5}), ("srv1", "srv2"))
     # srv2 is the main now; srv1 is gone: its chunks of 09 still merged, none in 10.
     servers = ("srv2", "srv3")
-    report = daily_report.with_hour(old, _line("09", {"srv2": 5, "srv3": 4, "srv1": 5}),
-                                    servers)
-    report = daily_report.with_hour(report, _line("10", {"srv2": 5, "srv3": 5}), servers)
+    report = with_hour(old, _line("09", {"srv2": 5, "srv3": 4, "srv1": 5}),
+                         servers)
+    report = with_hour(report, _line("10", {"srv2": 5, "srv3": 5}), servers)
     assert report.columns[:5] == ("hour", "srv2", "srv3", "srv1", "total")
     text = daily_report.render_report(report)
     parsed = daily_report.parse_report(text)
@@ -143,19 +152,20 @@ def test_the_report_keeps_a_departed_column_while_a_line_counts_it() -> None:
     assert [parsed.rows[h]["srv1"] for h in ("08", "09", "10")] == ["5", "5", ""]
     assert [parsed.rows[h]["srv3"] for h in ("08", "09", "10")] == ["", "4", "5"]
     # Reprocessing 08 without srv1's chunks leaves 09's count: the column stays.
-    again = daily_report.with_hour(parsed, _line("08", {"srv2": 5, "srv3": 0}), servers)
+    again = with_hour(parsed, _line("08", {"srv2": 5, "srv3": 0}), servers)
     assert again.columns[3] == "srv1" and again.rows["08"]["srv1"] == ""
     # A day with no count of srv1 has no column for it.
-    fresh = daily_report.with_hour(daily_report.DayReport((), {}),
+    fresh = with_hour(daily_report.DayReport((), {}),
                                    _line("11", {"srv2": 5, "srv3": 5}), servers)
     assert "srv1" not in fresh.columns
     # Updating cells keeps the departed column too.
-    cells = daily_report.with_cells(parsed, "10", {"quarantined": 1}, servers)
+    cells = daily_report.with_cells(parsed, "10", {"quarantined": 1}, servers,
+                                    REPORT_EXTRA)
     assert cells is not None and cells.columns == parsed.columns
 
 
 def test_a_departed_column_with_no_count_left_goes() -> None:
     report = daily_report.parse_report(
         "hour\tsrv2\tsrv1\ttotal\tdiff\tdiff %\n09\t5\t5\t5\t0\t0.00\n")
-    report = daily_report.with_hour(report, _line("09", {"srv2": 5}), ("srv2",))
+    report = with_hour(report, _line("09", {"srv2": 5}), ("srv2",))
     assert report.columns[:3] == ("hour", "srv2", "total")

@@ -5,26 +5,77 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import struct
 from typing import Any
 
 import orjson
 import pandas as pd
 import pytest
 
-from collector import daily_report
-from collector.merge import (
+from collector.csvrows import blocks_of, csv_cell, csv_line, header_line
+from collector.lines import SKIP_NOT_JSON, SKIP_TORN, parse_json_line
+from collector.report import day as daily_report
+from collector.sources import LineReader
+from collector.sources.x import X_SOURCE
+from collector.sources.x.merge import ENTRY, HourIndex
+from collector.sources.x.schema import (
     SKIP_BAD_TWEET,
     SKIP_NO_DATA,
-    SKIP_NOT_JSON,
-    SKIP_TORN,
     TWEET_COLUMNS,
     USER_COLUMNS,
-    HourIndex,
-    blocks_of,
-    header_line,
-    tweet_row,
-    user_row,
+    _author_cells,
+    _author_of,
+    _reference,
+    _text,
+    retrieved_at_of,
+    tweets_of,
 )
+
+# ---- the record path: an independent rendering the tests compare pass 2 with -------------
+# One bytes object per tweet: a fixed header, then the tweets row, then the head of the users
+# row (`author_id,lang,`); the users row is that head plus the tweets row's author columns.
+# Header: server mask, end of the tweets row, start of its author columns, start and length
+# of retrieved_at inside the row, whether the author object was included.
+_HEADER = struct.Struct("<QIIIHB")
+HEADER_SIZE = _HEADER.size
+
+
+def tweet_record(tweet_id: int, tweet: dict[str, Any], message: dict[str, Any],
+                 retrieved_at: str, mask: int) -> bytes:
+    """The record (header + rows) of one tweet of a message."""
+    get = tweet.get
+    author_id_value = get("author_id")
+    author = _author_of(message, author_id_value)
+    author_id = _text(author_id_value)
+    lang = _text(get("lang"))
+    reference_type, referenced_id = _reference(tweet)
+    lead = csv_line((str(tweet_id), _text(get("conversation_id")), author_id,
+                     _text(get("created_at")))).encode("utf-8", "replace") + b","
+    retrieved = csv_cell(retrieved_at).encode("utf-8", "replace")
+    body = b"," + csv_line((_text(get("source")), lang, _text(get("text")), reference_type,
+                            referenced_id)).encode("utf-8", "replace") + b","
+    tail = csv_line(_author_cells(author)).encode("utf-8", "replace") + b"\n"
+    users_head = csv_line((author_id, lang)).encode("utf-8", "replace") + b","
+    tail_start = len(lead) + len(retrieved) + len(body)
+    header = _HEADER.pack(mask, tail_start + len(tail), tail_start, len(lead),
+                          min(len(retrieved), 0xFFFF), author is not None)
+    return b"".join((header, lead, retrieved, body, tail, users_head))
+
+
+def tweet_row(record: bytes) -> bytes:
+    """The record's line of the tweets CSV."""
+    tweet_end = _HEADER.unpack_from(record)[1]
+    return record[HEADER_SIZE: HEADER_SIZE + tweet_end]
+
+
+def user_row(record: bytes) -> bytes:
+    """The record's line of the users CSV."""
+    _, tweet_end, tail_start, _, _, _ = _HEADER.unpack_from(record)
+    return record[HEADER_SIZE + tweet_end:] + record[HEADER_SIZE + tail_start:
+                                                     HEADER_SIZE + tweet_end]
+
+
+REPORT_EXTRA = X_SOURCE.report_columns  # the day report's columns after diff %
 
 HOSTILE_TEXTS = [
     "line one\nline two",
@@ -83,6 +134,22 @@ class HourMerge(HourIndex):
 
     def read_line(self, chunk_no: int, offset: int, length: int) -> bytes:
         return self.data[chunk_no][offset: offset + length]
+
+    def kept_copy(self, tweet_id: int,
+                  read_line: LineReader) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """Pass 2: the kept copy of `tweet_id` read back: (tweet, message, server mask)."""
+        entry = self.entries[tweet_id]
+        mask, chunk_no, offset, length, position, _, _ = ENTRY.unpack_from(entry)
+        message = parse_json_line(read_line(chunk_no, offset, length))
+        tweets = tweets_of(message)
+        if tweets is None or len(tweets) <= position or not isinstance(tweets[position], dict):
+            raise RuntimeError(f"tweet {tweet_id} changed on disk during the merge")
+        return tweets[position], message, mask
+
+    def record(self, tweet_id: int, read_line: LineReader) -> bytes:
+        """The kept copy of `tweet_id` rendered as a record (`tweet_record`)."""
+        tweet, message, mask = self.kept_copy(tweet_id, read_line)
+        return tweet_record(tweet_id, tweet, message, retrieved_at_of(message), mask)
 
     @property
     def records(self) -> dict[int, bytes]:
@@ -208,7 +275,7 @@ def test_report_line_replaced_and_hours_in_order() -> None:
     for hour, total in (("03", 5), ("02b", 4), ("02", 3), ("03", 6)):
         report = daily_report.with_hour(
             report, daily_report.HourLine(hour, {"s1": total, "s2": 1}, total, total - 1,
-                                          {"duplicates": 2}), servers)
+                                          {"duplicates": 2}), servers, REPORT_EXTRA)
     text = daily_report.render_report(report)
     lines = text.splitlines()
     assert lines[0].split("\t")[:6] == ["hour", "s1", "s2", "total", "diff", "diff %"]
@@ -221,7 +288,7 @@ def test_report_written_before_a_server_joined_is_still_read() -> None:
     old = "hour\ts1\ttotal\tdiff\tdiff %\n01\t9\t9\t0\t0.00\n"
     report = daily_report.with_hour(daily_report.parse_report(old),
                                     daily_report.HourLine("02", {"s1": 1, "s2": 1}, 1, 0),
-                                    ("s1", "s2"))
+                                    ("s1", "s2"), REPORT_EXTRA)
     assert report.rows["01"]["s1"] == "9" and report.rows["01"]["s2"] == ""
 
 

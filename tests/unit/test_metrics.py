@@ -14,13 +14,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector import __version__, metrics, osf, status
+from collector import __version__, metrics, status
 from collector.cli import main
-from collector.health import STATUS_FILE, HealthFile, StreamHealth
 from collector.layout import HourKey, hour_bounds, hour_of
-from collector.process import LEDGER_NAME
+from collector.process.ledger import LEDGER_NAME
+from collector.publish import osf
 from collector.settings import Settings, load_settings
 from collector.status import HostStatus, Verdict
+from collector.stream.health import STATUS_FILE, HealthFile, StreamHealth
 from tests.conftest import SettingsWriter
 from tests.unit.test_status import chunk, running_stream
 
@@ -226,14 +227,14 @@ def test_the_file_parses_with_prometheus_client(write_settings: SettingsWriter, 
     ledger.write_text(f'{{"version": 1, "hours": {{"{processed}": {{"chunks": {{}}}}}}}}')
     remote = osf.remote_path(uploaded.day, f"{uploaded.file_prefix}_IDs.txt.xz")
     osf.save_ledger(tmp_path / "vault" / ".collector" / osf.LEDGER_NAME,
-                    osf.Ledger(osf.ledger_target(settings), files={remote: {"size": 1}},
+                    osf.UploadLedger(osf.ledger_target(settings), files={remote: {"size": 1}},
                                last_run={"at": "2026-11-27T10:00:00+00:00", "ok": True}))
     chunk(settings.data_storage_dst, "srv1", datetime.now(UTC))  # waits for the replica host
     out = tmp_path / "textfile"
     out.mkdir()
 
     before = time.time()
-    assert main(["--settings", str(settings.source), "metrics", "--textfile-dir", str(out)]) == 0
+    assert main(["--settings", str(settings.path), "metrics", "--textfile-dir", str(out)]) == 0
     after = time.time()
     assert capsys.readouterr() == ("", "")  # silent: cron runs it every minute
     written = out / "collector.prom"
@@ -290,7 +291,7 @@ def test_an_unreadable_part_is_left_out_and_counted(
     monkeypatch.setattr(status, "secondary_part", secondary_part)  # fills half, fails
     out = tmp_path / "textfile"
     out.mkdir()
-    assert main(["--settings", str(settings.source), "metrics", "--textfile-dir", str(out)]) == 0
+    assert main(["--settings", str(settings.path), "metrics", "--textfile-dir", str(out)]) == 0
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].endswith(
         "WARNING collector.metrics: left out of the metrics, cannot read secondary: "
@@ -308,7 +309,7 @@ def test_replaces_the_previous_file(write_settings: SettingsWriter, tmp_path: Pa
     out.mkdir()
     (out / "collector.prom").write_text("stale\n")
     (out / "node.prom").write_text("other_metric 1\n")  # node_exporter's folder is shared
-    assert main(["--settings", str(settings.source), "metrics", "--textfile-dir", str(out)]) == 0
+    assert main(["--settings", str(settings.path), "metrics", "--textfile-dir", str(out)]) == 0
     assert sorted(os.listdir(out)) == ["collector.prom", "node.prom"]
     found = families(out / "collector.prom")
     assert found["collector_stream_dropped_messages"].samples[0].value == 7
@@ -325,7 +326,7 @@ def test_a_missing_folder_is_one_line(write_settings: SettingsWriter, tmp_path: 
     settings = load_settings(write_settings())
     folder = tmp_path / "textfile"
     make(folder)
-    assert main(["--settings", str(settings.source), "metrics",
+    assert main(["--settings", str(settings.path), "metrics",
                  "--textfile-dir", str(folder)]) == 1
     assert capsys.readouterr().err == (
         f"collector metrics: error: {message.format(folder=folder)}\n")
@@ -338,7 +339,7 @@ def test_an_unwritable_folder_is_one_line(write_settings: SettingsWriter, tmp_pa
     settings = load_settings(write_settings())
     folder = tmp_path / "textfile"
     folder.mkdir(mode=0o555)
-    assert main(["--settings", str(settings.source), "metrics",
+    assert main(["--settings", str(settings.path), "metrics",
                  "--textfile-dir", str(folder)]) == 1
     assert capsys.readouterr().err == (
         f"collector metrics: error: cannot write {folder}/collector.prom: Permission denied\n")
@@ -359,7 +360,7 @@ def test_a_failed_rename_leaves_the_old_file_and_no_temporary(
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "replace", refuse)
-    assert main(["--settings", str(settings.source), "metrics",
+    assert main(["--settings", str(settings.path), "metrics",
                  "--textfile-dir", str(folder)]) == 1
     assert capsys.readouterr().err == (
         f"collector metrics: error: cannot write {folder}/collector.prom: Permission denied\n")

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from collector.layout import HourKey
-from collector.retention import (
+from collector.transfer.retention import (
     HeldChunk,
     delete_kept_chunks,
     held_replica_chunks,

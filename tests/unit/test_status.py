@@ -11,12 +11,14 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from collector import osf, replicate, send, status
+from collector import status
 from collector.cli import main
-from collector.health import STATUS_FILE, HealthFile, StreamHealth
 from collector.layout import chunk_path
-from collector.push import ConfirmedLedger
+from collector.publish import osf
 from collector.settings import Settings, load_settings
+from collector.stream.health import STATUS_FILE, HealthFile, StreamHealth
+from collector.transfer import replicate, send
+from collector.transfer.rsync import ConfirmedLedger
 from tests.conftest import SettingsWriter
 
 
@@ -61,7 +63,7 @@ def test_secondary_healthy_then_degraded_by_old_chunks_and_failed_pushes(
     settings = load_settings(write_settings())
     running_stream(settings.state_dir)
     chunk(settings.data_storage_dst, "srv1", datetime.now(UTC))
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 0
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 0
     report = orjson.loads(capsys.readouterr().out)
     assert report["verdict"] == "healthy" and report["chunks_waiting"] == 1
     assert report["stream"]["connected"] is True
@@ -70,7 +72,7 @@ def test_secondary_healthy_then_degraded_by_old_chunks_and_failed_pushes(
           age_seconds=3 * 3600)
     send.save_send_state(settings.state_dir / send.STATE_FILE,
                          send.SendState(consecutive_failures=3, last_error="connection refused"))
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 1
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 1
     report = orjson.loads(capsys.readouterr().out)
     assert report["problems"][0].startswith("chunks wait to be sent for 3.0 h")
     assert report["problems"][1] == "3 pushes to the main failed in a row: connection refused"
@@ -88,7 +90,7 @@ def test_main_counts_due_hours_and_reports_a_failed_upload(
     for hours_ago in (5, 4, 3):
         chunk(settings.data_storage_dst, "srv1", start - timedelta(hours=hours_ago))
     vault_state = tmp_path / "vault" / ".collector"
-    ledger = osf.Ledger(osf.ledger_target(settings),
+    ledger = osf.UploadLedger(osf.ledger_target(settings),
                         last_run={"at": "2026-11-27T10:00:00+00:00", "ok": False,
                                   "error": "OSF answered 507: quota exceeded"})
     osf.save_ledger(vault_state / osf.LEDGER_NAME, ledger)
@@ -111,7 +113,7 @@ def test_a_full_disk_shows_the_memory_backlog_and_dropped_messages_degrade(
                           last_tweet_at=now, open_chunk="srv1_x.jsonl.part", disk_full=True,
                           backlog_bytes=5_120, dropped_messages=3)
     HealthFile(settings.state_dir / STATUS_FILE).write(health)
-    assert main(["--settings", str(settings.source), "status"]) == 1
+    assert main(["--settings", str(settings.path), "status"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert "waiting in memory  5120 bytes" in out
     assert out[-2:] == [
@@ -119,7 +121,7 @@ def test_a_full_disk_shows_the_memory_backlog_and_dropped_messages_degrade(
         "problem            3 message(s) dropped since the stream started: the disk was full "
         "and memory too",
     ]
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 1
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 1
     stream = orjson.loads(capsys.readouterr().out)["stream"]
     assert (stream["backlog_bytes"], stream["dropped_messages"]) == (5_120, 3)
 
@@ -144,7 +146,7 @@ def test_secondary_counts_only_what_the_current_main_has_not_confirmed(
     ledger.chunks[old.relative_to(root).as_posix()] = stamp_of(old)
     ledger.save()
 
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 0
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 0
     report = orjson.loads(capsys.readouterr().out)
     assert (report["chunks_waiting"], report["kept_chunks"]) == (1, 1)
     assert report["oldest_chunk_waiting"] == fresh.name
@@ -153,7 +155,7 @@ def test_secondary_counts_only_what_the_current_main_has_not_confirmed(
     # Confirmed by another main: waits again (send offers it to the current main).
     ledger.label = "incoming@other-main:22"
     ledger.save()
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 1
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 1
     report = orjson.loads(capsys.readouterr().out)
     assert (report["chunks_waiting"], report["kept_chunks"]) == (2, 0)
     assert report["problems"] == [f"chunks wait to be sent for 3.0 h (oldest {old.name})"]
@@ -176,7 +178,7 @@ def test_main_shows_what_waits_per_replica_host_and_degrades_when_behind(
     fresh = chunk(root, "srv1", datetime.now(UTC))
     fresh_key = "srv1/" + fresh.relative_to(root).as_posix()
 
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 0
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 0
     target = orjson.loads(capsys.readouterr().out)["replication"]["targets"]["srv2"]
     assert target["behind_seconds"] < 60
     assert {key: value for key, value in target.items() if key != "behind_seconds"} == {
@@ -187,7 +189,7 @@ def test_main_shows_what_waits_per_replica_host_and_degrades_when_behind(
     departed = chunk(tmp_path / "incoming" / "srv9", "srv9",
                      datetime.now(UTC) - timedelta(hours=3), age_seconds=3 * 3600)
     departed_key = "srv9/" + departed.relative_to(tmp_path / "incoming" / "srv9").as_posix()
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 1
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 1
     report = orjson.loads(capsys.readouterr().out)
     assert report["replication"]["targets"]["srv2"]["chunks_waiting"] == 2
     assert report["problems"][-1] == (
@@ -199,7 +201,7 @@ def test_main_shows_what_waits_per_replica_host_and_degrades_when_behind(
                                 "target", "srv2@10.0.0.2:2222",
                                 {fresh_key: stamp_of(fresh), departed_key: stamp_of(departed)})
     confirmed.save()
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 0
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 0
     report = orjson.loads(capsys.readouterr().out)
     assert report["replication"]["targets"]["srv2"]["chunks_waiting"] == 0
     assert report["problems"] == []
@@ -209,7 +211,7 @@ def test_main_shows_what_waits_per_replica_host_and_degrades_when_behind(
         "srv2": replicate.TargetState(label="srv2@10.0.0.2:2222", last_success_at=success,
                                       last_attempt_at=success)})
     (settings.state_dir / "process_ledger.json").write_text('{"version": 1, "hours": {}}')
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 1
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 1
     report = orjson.loads(capsys.readouterr().out)
     assert report["problems"][-1] == (
         "replication to srv2@10.0.0.2:2222 is 3.0 h behind: the vault and ledger changed "
@@ -220,7 +222,7 @@ def test_main_shows_what_waits_per_replica_host_and_degrades_when_behind(
     replicate.save_replicate_state(settings.state_dir / replicate.STATE_FILE, {
         "srv2": replicate.TargetState(label="srv2@10.0.0.2:2222", last_success_at=success,
                                       consecutive_failures=3, last_error="connection refused")})
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 1
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 1
     assert orjson.loads(capsys.readouterr().out)["problems"][-1] == (
         "3 replications to srv2@10.0.0.2:2222 failed in a row: connection refused")
 
@@ -246,7 +248,7 @@ def test_replica_host_is_fresh_for_two_hours_then_needs_the_mains_copies(
     running_stream(settings.state_dir)
 
     def report() -> tuple[int, dict[str, object]]:
-        code = main(["--settings", str(settings.source), "status", "--json"])
+        code = main(["--settings", str(settings.path), "status", "--json"])
         return code, orjson.loads(capsys.readouterr().out)
 
     code, shown = report()
@@ -293,7 +295,7 @@ def test_replica_tree_on_the_main_is_shown_not_judged(
         data_vault_dst=str(tmp_path / "vault"), incoming_dst=str(tmp_path / "incoming"),
         replica_dst=str(replica)))
     running_stream(settings.state_dir)
-    assert main(["--settings", str(settings.source), "status", "--json"]) == 0
+    assert main(["--settings", str(settings.path), "status", "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["replica"]["received"] is False
 
 

@@ -10,9 +10,9 @@ import pytest
 
 from collector.errors import CollectorError
 from collector.layout import HourKey
-from collector.osf import (
-    Ledger,
+from collector.publish.osf import (
     RetryPolicy,
+    UploadLedger,
     file_md5,
     is_publishable,
     load_ledger,
@@ -86,7 +86,7 @@ def test_missing_vault_selects_nothing(tmp_path: Path) -> None:
 def test_ledger_skips_recorded_files_and_notices_changes(tmp_path: Path) -> None:
     vault = _vault(tmp_path)
     report = next(f for f in select_files(vault) if f.remote.endswith("25_report.txt"))
-    ledger = Ledger("target")
+    ledger = UploadLedger("target")
     assert not ledger.is_current(report)
     ledger.record(report, file_md5(report.path))
     assert ledger.is_current(report)
@@ -103,7 +103,7 @@ def test_ledger_skips_recorded_files_and_notices_changes(tmp_path: Path) -> None
 
 def test_ledger_round_trip_and_target_guard(tmp_path: Path) -> None:
     path = tmp_path / "state" / "ledger.json"
-    ledger = Ledger("a|p|s", files={"2026/01/02/x": {"md5": "m", "size": 1, "mtime_ns": 2}},
+    ledger = UploadLedger("a|p|s", files={"2026/01/02/x": {"md5": "m", "size": 1, "mtime_ns": 2}},
                     folders={"2026": {"new_folder": "n", "upload": "u", "files_url": "f"}})
     save_ledger(path, ledger)
     assert load_ledger(path, "a|p|s") == ledger
@@ -115,9 +115,9 @@ def test_ledger_round_trip_and_target_guard(tmp_path: Path) -> None:
 def test_unreadable_ledger_starts_afresh(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     path.write_text("{not json")
-    assert load_ledger(path, "t") == Ledger("t")
+    assert load_ledger(path, "t") == UploadLedger("t")
     path.write_text(json.dumps(["a list"]))
-    assert load_ledger(path, "t") == Ledger("t")
+    assert load_ledger(path, "t") == UploadLedger("t")
 
 
 def test_retry_delays_repeat_the_last_backoff() -> None:

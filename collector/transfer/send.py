@@ -1,7 +1,7 @@
 """`collector send`: push a secondary's closed chunks to the main with rsync over SSH, keep them.
 
 Guarantees, and how they are kept (the rsync/ssh machinery is shared with `collector
-replicate` and lives in `collector.push`):
+replicate` and lives in `collector.transfer.rsync`):
 
 * The main never sees a half chunk: rsync writes each file as `.<name>.XXXXXX` in the target
   folder and renames it when complete. That temporary name starts with a dot and does not end
@@ -9,16 +9,17 @@ replicate` and lives in `collector.push`):
   killed transfer leaves at most such a dot file, never a short file under a chunk name.
 * A chunk counts as on the main only once the main holds it whole on stable storage. Every
   rsync session ends in the main's forced command (`collector receive`, see
-  `collector.receive`), which syncs the incoming filesystem after rsync and exits non-zero if
-  that fails; the rsync client then fails the session (verified with rsync 3.2.7 and 3.5.0).
+  `collector.transfer.receive`), which syncs the incoming filesystem after rsync and exits
+  non-zero if that fails; the rsync client then fails the session (verified with rsync
+  3.2.7 and 3.5.0).
   Pass 1 pushes the chunks not yet confirmed, pass 2 compares them with the main's copy by
   checksum, and only when both sessions succeeded are the chunks the main holds
   byte-identical recorded as confirmed (`state_dir/send_ledger.json`, `{"main":
   "<user@host:port>", "chunks": {"day/HH/name": [size, mtime_ns]}}`), and only if their size
   and mtime did not change meanwhile. Any failure before that point records nothing.
-* Two copies until published (SPEC section 7): a confirmed chunk is NOT deleted. It stays
+* Two copies until published (docs/replication.md): a confirmed chunk is NOT deleted. It stays
   here as the second copy until its hour ended more than `raw_retention_days` ago, and only
-  then is removed, if it is confirmed on the current main (`collector.retention`). The
+  then is removed, if it is confirmed on the current main (`collector.transfer.retention`). The
   ledger is keyed by the main's label: after a main swap or a promotion the old record
   counts for nothing, so every kept chunk is offered to the new main again (what it already
   holds is only compared, counted as `already_on_main`).
@@ -37,7 +38,7 @@ replicate` and lives in `collector.push`):
   third, then once a day while it lasts. Retention still runs: it only ever removes chunks
   an earlier run confirmed.
 * This host's replica store (`replica_dst`, what the main replicates here) is pruned by the
-  same hourly run (`collector.retention.prune_replica_store`); the vault copy never is.
+  same hourly run (`collector.transfer.retention.prune_replica_store`); the vault copy never is.
 
 On the main, each secondary's key may only run `collector receive <incoming_dst>/<server_id>`,
 which runs `rrsync -wo -munge -no-del` on that folder (`authorized_keys_line` renders the
@@ -48,7 +49,6 @@ folder and the day/hour tree is recreated under it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -58,11 +58,24 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from collector.errors import CredentialsError, LockedError, RemoteError, SettingsError
+from collector.alerts.notify import (
+    SEND_CONFLICT,
+    SEND_FAILING,
+    Notifier,
+    alert_failure,
+    make_notifier,
+)
+from collector.clock import utc_now_text
+from collector.errors import CredentialsError, RemoteError, SettingsError
+from collector.fsutil import exclusive_lock, read_state, write_bytes_atomic
 from collector.layout import hour_label, iter_closed_chunks
-from collector.notify import SEND_CONFLICT, SEND_FAILING, Notifier, make_notifier
-from collector.outputs import write_bytes_atomic
-from collector.push import (
+from collector.settings import Settings
+from collector.transfer.retention import (
+    delete_kept_chunks,
+    plan_kept_deletions,
+    prune_replica_store,
+)
+from collector.transfer.rsync import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IO_TIMEOUT,
     DEFAULT_RUN_TIMEOUT,
@@ -82,8 +95,6 @@ from collector.push import (
     push_and_verify,
     rsync_command,
 )
-from collector.retention import delete_kept_chunks, plan_kept_deletions, prune_replica_store
-from collector.settings import Settings
 
 # Re-exported: tests and the role's tests import them from here.
 __all__ = [
@@ -117,7 +128,6 @@ DEFAULT_COLLECTOR_BIN = Path("/opt/collector/venv/bin/collector")
 
 # Alert on the third failed run in a row, then every 24th (once a day with an hourly cron).
 ALERT_AFTER_FAILURES = 3
-REALERT_EVERY = 24
 # Hour folders this close to now are never pruned: the stream may be about to write there.
 PRUNE_MARGIN_SECONDS = 300.0
 
@@ -134,7 +144,8 @@ def authorized_keys_line(incoming_dst: Path, server_id: str, public_key: str,
 
     `restrict,command="<collector_bin> receive <incoming_dst>/<server_id>" <type> <key>
     <server_id>`: `restrict` drops forwarding, PTY and ~/.ssh/rc; the forced command runs
-    `rrsync -wo -munge -no-del` below that folder and syncs it to disk (`collector.receive`).
+    `rrsync -wo -munge -no-del` below that folder and syncs it to disk
+    (`collector.transfer.receive`).
     The key's own comment is replaced by the server_id, so the file says whose key it is.
     `from_hosts` optionally pins the addresses the key may come from.
     """
@@ -191,7 +202,7 @@ def check_ssh_paths(settings: Settings) -> None:
     for key in ("ssh_identity_file", "ssh_known_hosts_file"):
         value = getattr(settings, key)
         if value is not None and UNSAFE_IN_PATH.search(str(value)):
-            raise SettingsError(f"{settings.source}: {key} must not contain spaces or quotes")
+            raise SettingsError(f"{settings.path}: {key} must not contain spaces or quotes")
     identity = settings.ssh_identity_file
     if identity is not None and not os.access(identity, os.R_OK):
         raise CredentialsError(f"ssh_identity_file {identity} does not exist "
@@ -225,13 +236,7 @@ class SendState:
 
 def load_send_state(path: Path) -> SendState:
     """The recorded state; a missing or unreadable file reads as "never ran"."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return SendState()
-    except (OSError, ValueError) as error:
-        log.warning("ignoring unreadable %s (%s)", path, type(error).__name__)
-        return SendState()
+    raw = read_state(path, log, "the failure count starts again")
     if not isinstance(raw, dict):
         return SendState()
     known = SendState.__dataclass_fields__
@@ -294,18 +299,9 @@ class SendResult:
 @contextlib.contextmanager
 def send_lock(state_dir: Path) -> Iterator[None]:
     """One send at a time per host (a slow push must not overlap the next cron run)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / LOCK_FILE).open("a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(f"another collector send is running "
-                              f"(lock {state_dir / LOCK_FILE})") from None
+    path = state_dir / LOCK_FILE
+    with exclusive_lock(path, f"another collector send is running (lock {path})"):
         yield
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def send(settings: Settings, notifier: Notifier | None = None, *,
@@ -321,7 +317,7 @@ def send(settings: Settings, notifier: Notifier | None = None, *,
     they are, so there is nothing to send), `LockedError` when another send is running.
     """
     if settings.is_main:
-        raise SettingsError(f"{settings.source}: role=main: send runs on secondaries only "
+        raise SettingsError(f"{settings.path}: role=main: send runs on secondaries only "
                             "(the main processes its own chunks in place)")
     target = push_target(settings, connect_timeout)
     notifier = notifier or make_notifier(settings)
@@ -370,7 +366,7 @@ def _push_and_record(settings: Settings, notifier: Notifier, target: PushTarget,
     """Both passes and the state file; the failure line ("" on success), alerted if it repeats.
     """
     state = load_send_state(state_path)
-    state.last_attempt_at = _utc_now()
+    state.last_attempt_at = utc_now_text()
     runner = Runner(target, io_timeout, time.monotonic() + run_timeout, run_timeout,
                     bwlimit_kbps, MAIN)
     try:
@@ -470,12 +466,12 @@ def _record_failure(settings: Settings, notifier: Notifier, state: SendState, st
     state.last_error = message
     save_send_state(state_path, state)
     failures = state.consecutive_failures
-    if failures >= ALERT_AFTER_FAILURES and (failures - ALERT_AFTER_FAILURES) % REALERT_EVERY == 0:
-        notifier.alert(SEND_FAILING,
-                       f"push from {settings.server_id} to the main failing "
-                       f"{failures} runs in a row: {reason}",
-                       f"Failing since {state.first_failure_at}. {len(waiting)} chunks wait on "
-                       f"{settings.server_id} and are sent when the main is reachable again.")
+    alert_failure(notifier, SEND_FAILING,
+                  f"push from {settings.server_id} to the main failing "
+                  f"{failures} runs in a row: {reason}",
+                  f"Failing since {state.first_failure_at}. {len(waiting)} chunks wait on "
+                  f"{settings.server_id} and are sent when the main is reachable again.",
+                  failures=failures, after=ALERT_AFTER_FAILURES)
     return message
 
 

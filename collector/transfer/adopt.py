@@ -14,7 +14,7 @@ Adopting moves each piece to where this main's own commands look for it:
 - chunks of this host's own id go to `data_storage_dst`, every other id's to
   `incoming_dst/<id>/` (the role creates that folder before running adopt; a missing one
   stops the run before anything moves), where `collector process` merges them like a
-  secondary's (a departed server's folder: see `collector.process.departed_server_ids`);
+  secondary's (a departed server's folder: see `collector.process.scan.departed_server_ids`);
 - vault files go to `data_vault_dst/<day>/` when absent there;
 - the ledger becomes `state_dir/process_ledger.json` when this host has none (keeping only
   the hours whose three outputs are in the vault now, so it can never make `process` skip an
@@ -59,22 +59,24 @@ from typing import Any
 import orjson
 
 from collector.errors import CollectorError, DiskFullError, SettingsError
-from collector.layout import (
+from collector.fsutil import TEMP_MARK, write_bytes_atomic
+from collector.layout import HourKey, is_day_name
+from collector.process.ledger import LEDGER_NAME
+from collector.process.run import process_lock
+from collector.process.scan import shown
+from collector.settings import Settings
+from collector.sources import source_for
+from collector.tree import (
     CHUNK_OPEN_FLAGS,
     Entry,
     EntryChanged,
-    HourKey,
     TreeScan,
     Verdict,
     entry_type,
     file_problem,
-    is_day_name,
     open_folder_beneath,
     scan_tree,
 )
-from collector.outputs import TEMP_MARK, write_bytes_atomic
-from collector.process import LEDGER_NAME, output_paths, process_lock, shown
-from collector.settings import Settings
 
 log = logging.getLogger("collector.adopt")
 
@@ -160,7 +162,7 @@ def adopt(settings: Settings) -> AdoptResult:
     line when `replica_dst` is unset, missing or holds nothing.
     """
     if not settings.is_main or settings.data_vault_dst is None or settings.incoming_dst is None:
-        raise SettingsError(f"{settings.source}: collector adopt runs on the main (role=main "
+        raise SettingsError(f"{settings.path}: collector adopt runs on the main (role=main "
                             f"with data_vault_dst and incoming_dst); this host is a "
                             f"{settings.role}")
     result = AdoptResult(settings.replica_dst)
@@ -183,7 +185,8 @@ def adopt(settings: Settings) -> AdoptResult:
             local = settings.state_dir / LEDGER_NAME
             if result.found_anything and not os.path.lexists(local):
                 # No ledger to take: an empty one says this main adopted what it holds, which
-                # is what `collector process` waits for (collector.process.unadopted_replica).
+                # is what `collector process` waits for
+                # (collector.process.ledger.unadopted_replica).
                 write_bytes_atomic(local, orjson.dumps({"version": 1, "hours": {}}))
         finally:
             os.close(root_fd)
@@ -779,7 +782,7 @@ def adopt_ledger(settings: Settings, root_fd: int, result: AdoptResult) -> None:
                         "merged again (byte-identical outputs)", STATE_DIR, LEDGER_NAME)
             return
         kept = clean_ledger_hours(hours, lambda hour: all(
-            path.is_file() for path in output_paths(vault, hour)))
+            path.is_file() for path in source_for(settings).output_paths(vault, hour)))
         dropped = len(hours) - len(kept) if isinstance(hours, dict) else 0
         if dropped:
             log.warning("the replica ledger names %d hours whose outputs are not in %s (or "

@@ -1,16 +1,10 @@
-"""Writing outputs: atomically, deterministically, and compressed with xz on every core.
+"""xz on every core, byte-identical whatever the number of threads.
 
-Atomic: each file is written as a hidden temporary in its final folder, fsynced, renamed over
-the final name and the folder fsynced, so a crash or SIGKILL leaves either the old file or
-the new one, never half of one. Temporaries a killed run left behind are removed by the next
-run (it holds the process lock, so no live writer owns them).
-
-Parallel xz: liblzma releases the GIL, so the rows are cut into blocks of a fixed size
-(cut points depend only on the bytes) and each block is compressed in a worker thread as
-its own complete .xz stream. Concatenated .xz streams are a valid .xz file (`xz -d`,
-Python's `lzma`, pandas read them whole), and the result is byte-identical whatever the
-number of threads. Each block is compressed with the configured preset (xz's default, 6,
-unless `xz_preset` says otherwise) with the dictionary capped at the block's size: a larger
+liblzma releases the GIL, so the rows are cut into blocks of a fixed size (cut points depend
+only on the bytes) and each block is compressed in a worker thread as its own complete .xz
+stream. Concatenated .xz streams are a valid .xz file (`xz -d`, Python's `lzma`, pandas read
+them whole). Each block is compressed with the configured preset (xz's default, 6, unless
+`xz_preset` says otherwise) with the dictionary capped at the block's size: a larger
 dictionary could never be used within one block, and capping it keeps each compressor at a
 few tens of MB instead of the ~90 MB preset 6 allocates.
 """
@@ -18,7 +12,6 @@ few tens of MB instead of the ~90 MB preset 6 allocates.
 from __future__ import annotations
 
 import contextlib
-import errno
 import lzma
 import os
 from collections import deque
@@ -28,74 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from collector.errors import DiskFullError
+from collector.fsutil import _DISK_FULL, _disk_full, fsync_dir, temp_path
 
-TEMP_MARK = ".tmp-"
 # Rows are cut into blocks of at least this many bytes before compression. Small enough that
 # two compressors fit in memory beside the hour's records, large enough to cost under 1 % in
 # compression ratio on tweet text.
 BLOCK_SIZE = 4 * 1024 * 1024
 _MIN_DICT = 64 * 1024
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def temp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}{TEMP_MARK}{os.getpid()}")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temporaries left by a killed run (the caller holds the lock)."""
-    removed = 0
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.name.startswith(".") and TEMP_MARK in path.name:
-                path.unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
-def _disk_full(error: OSError, final: Path) -> DiskFullError:
-    return DiskFullError(f"disk full while writing {final}; inputs left untouched "
-                         f"({os.strerror(error.errno or errno.ENOSPC)})")
-
-
-def write_atomic(final: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Create `final` through `write(handle)` on a temporary, then rename it into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_path(final)
-    try:
-        with open(temp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, final)
-        fsync_dir(final.parent)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        if error.errno in _DISK_FULL:
-            raise _disk_full(error, final) from None
-        raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-
-
-def write_bytes_atomic(final: Path, data: bytes) -> None:
-    def write(handle: IO[bytes]) -> None:
-        handle.write(data)
-
-    write_atomic(final, write)
 
 
 def compress_block(block: bytes, preset: int) -> bytes:

@@ -1,6 +1,6 @@
 """When a second copy may go: kept sent chunks on a secondary, and the replica store.
 
-Two copies of every captured line live on two hosts until it is published (SPEC section 7).
+Two copies of every captured line live on two hosts until it is published (docs/replication.md).
 Two kinds of copies are therefore only ever removed here, both from a secondary's hourly
 `send`, and both by the same rule the main's own retention follows (`process.
 prune_old_chunks`): the chunk's hour ended more than `raw_retention_days` ago AND the other
@@ -8,7 +8,7 @@ copy is known to be safe.
 
 * **Kept chunks** (`data_storage_dst`): a chunk `send` pushed is kept here until its hour is
   past retention and the CURRENT main confirmed it byte-identical and durable (the send
-  ledger, `collector.push.ConfirmedLedger`, keyed by the main's label). Until then this is
+  ledger, `collector.transfer.rsync.ConfirmedLedger`, keyed by the main's label). Until then this is
   one of its two copies; after a main swap the ledger of the old main counts for nothing.
 * **The replica store** (`replica_dst/chunks/<server_id>/`): what the main replicated here
   (its own chunks, departed servers' chunks). A chunk of hour X is removed once X is past
@@ -18,7 +18,7 @@ copy is known to be safe.
   (`replica_dst/vault/`) is never removed: it is the second copy of what was published.
 
 Planning is pure (given listings, ledgers and a clock); the deletions walk the trees through
-folder descriptors (`collector.layout.remove_entry`), so a link planted in a tree cannot make
+folder descriptors (`collector.tree.remove_entry`), so a link planted in a tree cannot make
 retention remove anything outside it, and a file that changed since it was confirmed is kept.
 """
 
@@ -35,15 +35,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from collector.layout import (
-    EntryChanged,
-    HourKey,
-    hour_bounds,
-    parse_chunk,
-    remove_entry,
-    scan_tree,
-)
-from collector.push import Stamp, file_stamp
+from collector.layout import HourKey, hour_bounds, parse_chunk
+from collector.transfer.rsync import Stamp, file_stamp
+from collector.tree import EntryChanged, remove_entry, scan_tree
 
 log = logging.getLogger("collector.retention")
 
@@ -101,7 +95,7 @@ class HeldChunk:
 
     @property
     def ledger_key(self) -> str:
-        """How the main's process ledger names this chunk (`Ledger.record`)."""
+        """How the main's process ledger names this chunk (`ProcessLedger.record`)."""
         return f"{self.server_id}/{self.parts[-1]}"
 
 
@@ -218,12 +212,12 @@ def prune_replica_store(replica_dst: Path, zone: ZoneInfo, retention_days: int,
 
     Without a replicated ledger nothing is removed: nothing says the main merged anything.
     """
-    from collector.process import Ledger  # the ledger's format lives with `process`
+    from collector.process.ledger import ProcessLedger
 
     ledger_path = replica_ledger_path(replica_dst)
     if not ledger_path.is_file():
         return 0
-    hours = Ledger.load(ledger_path).hours
+    hours = ProcessLedger.load(ledger_path).hours
     held = held_replica_chunks(replica_dst, max_bytes)
     doomed = plan_replica_deletions(held, hours, zone, retention_days, now)
     removed = delete_replica_chunks(replica_dst, doomed)

@@ -1,11 +1,12 @@
 """Read the sampled stream with twarc and never stop, whatever the API or the network does.
 
 twarc's `Twarc2.sample()` does the request building, line reading, JSON decoding and
-`__twarc` metadata. Left alone it also dies or misbehaves in known ways (research/stream.md
-2.2): a malformed line raises out of the generator, a 429 without rate-limit headers raises
-KeyError, long failure runs end it silently after hours of its own quadratic sleeps, and a
-clean end of response makes it reconnect in a tight loop. `StreamClient` keeps twarc's
-parsing but takes over the transport decisions at the two seams twarc offers:
+`__twarc` metadata. Left alone it also dies or misbehaves in known ways (seen in twarc
+2.14.0's `client2.py`): a malformed line raises out of the generator, a 429 without
+rate-limit headers raises KeyError, long failure runs end it silently after hours of its own
+quadratic sleeps, and a clean end of response makes it reconnect in a tight loop.
+`StreamClient` keeps twarc's parsing but takes over the transport decisions at the two
+seams twarc offers:
 
 * `get()` (twarc calls it for every connection) points the request at `api_base_url`, asks
   only for the configured field groups, and waits as `ConnectionPolicy` says before each
@@ -30,9 +31,12 @@ import orjson
 import requests
 from twarc.client2 import Twarc2
 
-from collector.backoff import ConnectionPolicy, Failure
-from collector.health import StreamHealth
-from collector.notify import STREAM_FAILING, STREAM_STALLED, Notifier
+from collector.alerts.notify import STREAM_FAILING, STREAM_STALLED, Notifier
+from collector.lines import parse_json_line
+from collector.settings import Settings, read_bearer_token
+from collector.sources import CaptureRequest
+from collector.stream.backoff import ConnectionPolicy, Failure
+from collector.stream.health import StreamHealth
 
 log = logging.getLogger("collector.capture")
 
@@ -64,18 +68,6 @@ def is_message(obj: Any) -> bool:
     if errors is None:
         return True
     return isinstance(errors, list) and all(isinstance(item, dict) for item in errors)
-
-
-def parse_line(line: bytes) -> Any:
-    """The JSON value of a line, or None; stdlib json has the last word, as twarc uses it."""
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        pass  # orjson is stricter (huge numbers, lone surrogates): ask the parser twarc uses
-    try:
-        return json.loads(line)
-    except ValueError:
-        return None
 
 
 def serialize(message: dict[str, Any]) -> bytes:
@@ -228,7 +220,7 @@ class StreamClient(Twarc2):  # type: ignore[misc]
                     health.last_heartbeat_at = time.time()
                     yield line
                     continue
-                if not is_message(parse_line(line)):
+                if not is_message(parse_json_line(line)):
                     health.malformed_lines += 1
                     log.warning("skipped a line that is not a JSON message: %r", _preview(line))
                     continue
@@ -318,9 +310,42 @@ class Capture:
         )
         self.client.abort_connection()
 
+    def abort(self) -> None:
+        self.client.abort_connection()
+
 
 def failure_alert(notifier: Notifier) -> Callable[[str], None]:
     def alert(subject: str) -> None:
         notifier.alert(STREAM_FAILING, subject)
 
     return alert
+
+
+def sample_params(settings: Settings) -> dict[str, Any]:
+    """Arguments for `Twarc2.sample()` from the settings."""
+    params: dict[str, Any] = {
+        "expansions": ",".join(settings.expansions),
+        "tweet_fields": ",".join(settings.tweet_fields),
+        "user_fields": ",".join(settings.user_fields),
+    }
+    if settings.backfill_minutes:
+        params["backfill_minutes"] = settings.backfill_minutes
+    return params
+
+
+def prepare_capture(settings: Settings) -> Callable[[CaptureRequest], Capture]:
+    """Read the bearer token now (a missing one fails before the stream touches anything);
+    the returned builder makes the capture loop when the stream is ready for it."""
+    token = read_bearer_token(settings)
+
+    def build(request: CaptureRequest) -> Capture:
+        def deliver(received_at: float, message: dict[str, Any]) -> None:
+            request.deliver(received_at, serialize(message), "data" in message)
+
+        client = StreamClient(token, settings.api_base_url, settings.read_timeout_seconds,
+                              ConnectionPolicy(scale=request.time_scale), request.health,
+                              request.stop, failure_alert(request.notifier))
+        return Capture(client, sample_params(settings), deliver, request.notifier,
+                       settings.server_id)
+
+    return build

@@ -111,7 +111,8 @@ def receive(directory: Path, rrsync: Path = RRSYNC) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python3 -m collector.receive DIR` (or this file as a script); one line on failure."""
+    """`python3 -m collector.transfer.receive DIR` (or this file as a script); one line on
+    failure."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or args[0].startswith("-"):
         print(f"{ERROR_PREFIX} usage: receive DIR (the forced command of a push key)",

@@ -1,9 +1,9 @@
 """`collector report`: the day's report as an aligned text table plus the coverage plot.
 
 The table comes from the day's `YYYY-mm-dd_report.txt` (read with
-`collector.daily_report.read_report`, so it follows whatever columns the merge writes), with
+`collector.report.day.read_report`, so it follows whatever columns the merge writes), with
 a `day` line of sums at the bottom; the plot comes from the per-minute counts the merge
-records (`collector.coverage`). The cron entry at 02:00 sends yesterday's report, so the day
+records (`collector.report.coverage`). The cron entry at 02:00 sends yesterday's report, so the day
 defaults to yesterday in `settings.timezone`.
 """
 
@@ -16,11 +16,11 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from collector.coverage import day_series, plot_day, read_day_coverage
-from collector.daily_report import diff_percent, read_report, report_name
+from collector.alerts.smtp import Attachment, send_or_raise
 from collector.errors import CollectorError, SettingsError
-from collector.mail import Attachment, send_or_raise
-from collector.outputs import write_bytes_atomic
+from collector.fsutil import write_bytes_atomic
+from collector.report.coverage import day_series, plot_day, read_day_coverage
+from collector.report.day import diff_percent, read_report, report_name
 from collector.settings import Settings
 
 log = logging.getLogger("collector.report")
@@ -66,7 +66,7 @@ def parse_day(text: str) -> str:
 
 def vault_day_dir(settings: Settings, day: str) -> Path:
     if settings.data_vault_dst is None:
-        raise SettingsError(f"{settings.source}: data_vault_dst is not set "
+        raise SettingsError(f"{settings.path}: data_vault_dst is not set "
                             "(the report runs on the main server)")
     return settings.data_vault_dst / day
 

@@ -2,10 +2,11 @@
 
 osfclient 0.0.5 logs in and finds the project and its storage, but its own upload path walks
 the whole storage to update a file (over a thousand requests per year of archive), ignores
-403/429/507/5xx on file uploads and sets no timeouts (research/osf.md sections 0 and 3). So
-after discovery this module talks WaterButler directly through osfclient's session, as
-research/osf.md section 4 recommends: one PUT creates a file; if it exists, the 409 reply
-carries its md5 and update link, so an unchanged file costs one request and a changed one two.
+403/429/507/5xx on file uploads and sets no timeouts (read in osfclient 0.0.5's source). So
+after discovery this module talks to OSF's file service (WaterButler) directly through
+osfclient's session, as WaterButler's API allows: one PUT creates a file; if it exists, the
+409 reply carries its md5 and update link, so an unchanged file costs one request and a
+changed one two.
 Folder links are cached in a local ledger, which also remembers what was uploaded, so an hour
 with nothing new makes no request at all.
 
@@ -16,8 +17,6 @@ users files hold tweet content and must never leave the server.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,7 +24,6 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
@@ -33,10 +31,11 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from collector.errors import CollectorError, CredentialsError, LockedError, RemoteError
+from collector.alerts.notify import UPLOAD_FAILING, Notifier, alert_failure, make_notifier
+from collector.clock import utc_now_text
+from collector.errors import CollectorError, CredentialsError, RemoteError
+from collector.fsutil import exclusive_lock, read_state, write_bytes_atomic
 from collector.layout import HourKey
-from collector.notify import UPLOAD_FAILING, Notifier, make_notifier
-from collector.outputs import write_bytes_atomic
 from collector.settings import Settings, read_osf_token
 
 log = logging.getLogger("collector.upload")
@@ -139,7 +138,7 @@ def file_md5(path: Path) -> str:
 
 
 @dataclass
-class Ledger:
+class UploadLedger:
     """What OSF is known to hold, and the cached WaterButler links of the day folders.
 
     `target` (API base, project, storage) guards against a settings change: a ledger written
@@ -167,29 +166,30 @@ class Ledger:
 
     def record(self, local: LocalFile, md5: str) -> None:
         self.files[local.remote] = {"md5": md5, "size": local.size, "mtime_ns": local.mtime_ns,
-                                    "uploaded_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                                    "uploaded_at": utc_now_text()}
 
 
 def ledger_target(settings: Settings) -> str:
     return f"{settings.osf_base_url}|{settings.osf_project}|{settings.osf_storage}"
 
 
-def load_ledger(path: Path, target: str) -> Ledger:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return Ledger(target)
-    except (OSError, ValueError) as error:
-        # Losing the ledger costs one request per file on the next run, never a wrong upload.
-        log.warning("ignoring unreadable upload ledger %s (%s)", path, type(error).__name__)
-        return Ledger(target)
+def upload_state_dir(vault: Path) -> Path:
+    """The upload's lock and ledger: in the vault (`<vault>/.collector/`), beside what they
+    describe, so a vault restored or moved keeps its record of what is on OSF."""
+    return vault / ".collector"
+
+
+def load_ledger(path: Path, target: str) -> UploadLedger:
+    # Losing the ledger costs one request per file on the next run, never a wrong upload.
+    raw = read_state(path, log, "every file is checked against OSF again")
     if not isinstance(raw, dict) or raw.get("target") != target:
-        return Ledger(target, last_run=raw.get("last_run", {}) if isinstance(raw, dict) else {})
-    return Ledger(target, dict(raw.get("files", {})), dict(raw.get("folders", {})),
-                  dict(raw.get("last_run", {})))
+        last_run = raw.get("last_run", {}) if isinstance(raw, dict) else {}
+        return UploadLedger(target, last_run=last_run)
+    return UploadLedger(target, dict(raw.get("files", {})), dict(raw.get("folders", {})),
+                        dict(raw.get("last_run", {})))
 
 
-def save_ledger(path: Path, ledger: Ledger) -> None:
+def save_ledger(path: Path, ledger: UploadLedger) -> None:
     """Write atomically (temp file, fsync, rename): a crash leaves the old or the new ledger."""
     payload = json.dumps({"target": ledger.target, "files": ledger.files,
                           "folders": ledger.folders, "last_run": ledger.last_run},
@@ -200,14 +200,7 @@ def save_ledger(path: Path, ledger: Ledger) -> None:
 @contextlib.contextmanager
 def upload_lock(state_dir: Path) -> Iterator[None]:
     """One upload at a time: a slow run must not race the next hour's."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / LOCK_NAME).open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno in (errno.EAGAIN, errno.EACCES):
-                raise LockedError("another collector upload is running") from None
-            raise
+    with exclusive_lock(state_dir / LOCK_NAME, "another collector upload is running"):
         yield
 
 
@@ -297,7 +290,7 @@ def _describe_network_error(error: requests.RequestException, url: str) -> str:
 class OsfUploader:
     """Create-or-update files under `YYYY/MM/DD/` in one OSF storage, at O(1) requests each."""
 
-    def __init__(self, session: requests.Session, root: FolderLinks, ledger: Ledger,
+    def __init__(self, session: requests.Session, root: FolderLinks, ledger: UploadLedger,
                  project: str, retry: RetryPolicy = DEFAULT_RETRY,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.session = session
@@ -517,7 +510,8 @@ def connect(base_url: str, project_id: str, storage_name: str, token: str,
             raise RemoteError(f"OSF sent an unexpected reply on {what} "
                               f"({type(error).__name__})") from None
 
-    probe = OsfUploader(session, FolderLinks("", "", ""), Ledger(""), project_id, retry, sleep)
+    probe = OsfUploader(session, FolderLinks("", "", ""), UploadLedger(""), project_id, retry,
+                        sleep)
     return session, probe._with_retries("discovery", discover)
 
 
@@ -557,7 +551,7 @@ def upload_to_osf(settings: Settings, hour: HourKey | None = None, *,
     if not settings.is_main or settings.data_vault_dst is None:
         raise CollectorError("upload runs on the main server only (role=main, data_vault_dst)")
     retry = retry or DEFAULT_RETRY
-    state_dir = settings.data_vault_dst / ".collector"
+    state_dir = upload_state_dir(settings.data_vault_dst)
     ledger_path = state_dir / LEDGER_NAME
     with upload_lock(state_dir):
         ledger = load_ledger(ledger_path, ledger_target(settings))
@@ -576,24 +570,21 @@ def upload_to_osf(settings: Settings, hour: HourKey | None = None, *,
         try:
             _upload_all(settings, ledger, todo, result, timeout, retry, sleep)
         except CollectorError as error:
-            ledger.last_run = {"at": _now(), "ok": False, "error": str(error)}
+            ledger.last_run = {"at": utc_now_text(), "ok": False, "error": str(error)}
             save_ledger(ledger_path, ledger)
             # No log line of our own: the CLI prints the error as the run's one line.
-            (notifier or make_notifier(settings)).alert(
-                UPLOAD_FAILING, f"OSF upload failing: {error}",
-                f"{len(result.pending)} files stay pending and are retried on the next run.")
+            alert_failure(notifier or make_notifier(settings), UPLOAD_FAILING,
+                          f"OSF upload failing: {error}",
+                          f"{len(result.pending)} files stay pending and are retried on the "
+                          "next run.")
             raise
-        ledger.last_run = {"at": _now(), "ok": True, "error": ""}
+        ledger.last_run = {"at": utc_now_text(), "ok": True, "error": ""}
         save_ledger(ledger_path, ledger)
     log.info("upload done: %s (%d requests)", result.summary(), result.requests)
     return result
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _upload_all(settings: Settings, ledger: Ledger, todo: list[tuple[LocalFile, str]],
+def _upload_all(settings: Settings, ledger: UploadLedger, todo: list[tuple[LocalFile, str]],
                 result: UploadResult, timeout: tuple[float, float], retry: RetryPolicy,
                 sleep: Callable[[float], None]) -> None:
     token = read_osf_token(settings)
@@ -604,7 +595,7 @@ def _upload_all(settings: Settings, ledger: Ledger, todo: list[tuple[LocalFile, 
     session, root = connect(settings.osf_base_url, settings.osf_project, settings.osf_storage,
                             token, timeout, retry, sleep, on_response=count)
     uploader = OsfUploader(session, root, ledger, settings.osf_project, retry, sleep)
-    state_path = (settings.data_vault_dst or Path(".")) / ".collector" / LEDGER_NAME
+    state_path = upload_state_dir(settings.data_vault_dst or Path(".")) / LEDGER_NAME
     try:
         for done, (local, md5) in enumerate(todo, start=1):
             outcome = uploader.upload(local, md5)

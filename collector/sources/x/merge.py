@@ -1,13 +1,13 @@
-"""Merging one hour: chunk lines in, the rows of the three files out (pure logic).
+"""Merging one hour of X: chunk lines in, the rows of the tweets and users files out (pure).
 
 An hour holds ~200,000 distinct tweets and every server delivers most of them. The merge
 runs in two passes (see `HourIndex`): pass 1 parses every line and keeps one small entry per
 distinct id (where the kept copy's line is, which servers saw it); pass 2 reads the kept
 lines back in output order and renders each row once, straight into the compressors.
 
-A rendered tweet is a record (`tweet_record`): a small header, the UTF-8 tweets row, then the
-head of the users row (`author_id,lang,`); the users row is that head plus the tweets row's
-author columns, which are the same ten fields in the same order, so nothing is rendered twice.
+Pass 2 renders each tweets row and each users row straight from the kept line
+(`collector.sources.x.schema`); the tests render the same rows a second, independent way and
+compare the bytes.
 
 Which copy of a duplicate id is kept: the one retrieved first (`__twarc.retrieved_at`, an
 ISO-8601 UTC string, so string order is time order), ties going to the first one read.
@@ -21,262 +21,36 @@ tweet of the hour carries it is the row left with empty author columns.
 
 from __future__ import annotations
 
-import json
-import re
 import struct
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-TWEET_COLUMNS = (
-    "id", "conversation_id", "author_id", "created_at", "retrieved_at", "source", "lang",
-    "text", "reference_type", "referenced_tweet_id", "author.created_at", "author.location",
-    "author.name", "author.username", "author.verified", "author.protected",
-    "author.public_metrics.followers_count", "author.public_metrics.following_count",
-    "author.public_metrics.tweet_count", "author.public_metrics.listed_count",
+from collector.csvrows import csv_cell, field_text, needs_quotes
+from collector.lines import SKIP_NOT_JSON, SKIP_TORN, parse_json_line, split_chunk
+from collector.sources import LineReader
+from collector.sources.x.schema import (
+    SKIP_BAD_TWEET,
+    SKIP_NO_DATA,
+    _author_of,
+    render_tweet_row,
+    render_user_row,
+    retrieved_at_of,
+    tweet_id_of,
+    tweets_of,
 )
-USER_COLUMNS = (
-    "author_id", "lang", "author.created_at", "author.location", "author.name",
-    "author.username", "author.verified", "author.protected",
-    "author.public_metrics.followers_count", "author.public_metrics.following_count",
-    "author.public_metrics.tweet_count", "author.public_metrics.listed_count",
-)
-_METRICS = ("followers_count", "following_count", "tweet_count", "listed_count")
 
-# Why a line was not merged; each becomes a column of the daily report.
-SKIP_NOT_JSON = "not_json"  # not valid JSON (and not the last line of its chunk)
-SKIP_TORN = "torn_line"  # an unparseable last line without its newline
-SKIP_NO_DATA = "no_data"  # valid JSON but no tweet: an error or a disconnect notice
-SKIP_BAD_TWEET = "bad_tweet"  # `data` present but without a numeric id
-SKIP_REASONS = (SKIP_NOT_JSON, SKIP_TORN, SKIP_NO_DATA, SKIP_BAD_TWEET)
-
-# A record without retrieval time loses every tie against one with it ('~' sorts after digits).
-_NO_RETRIEVED_AT = "~"
-# Finds a character that makes a cell need quotes (a C-level scan: the merge checks ~3 million
-# cells an hour, and testing each character against a set cost a third of the rendering).
-_needs_quotes = re.compile('[,"\r\n]').search
-
-# A record is one bytes object (see module docstring): a fixed header, then the rows.
-# Header: server mask, end of the tweets row, start of its author columns, start and length
-# of retrieved_at inside the row, whether the author object was included.
-_HEADER = struct.Struct("<QIIIHB")
-HEADER_SIZE = _HEADER.size
 MAX_SERVERS = 64
-
-
-def field_text(value: Any) -> str:
-    """One CSV cell: strings as they are, booleans `True`/`False`, counts as integers."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def csv_cell(text: str) -> str:
-    """Quote like the csv module's QUOTE_MINIMAL, so csv/pandas read the text back unchanged."""
-    if _needs_quotes(text) is None:
-        return text
-    return '"' + text.replace('"', '""') + '"'
-
-
-def csv_line(cells: Sequence[str]) -> str:
-    """Cells joined as one CSV line (without its newline)."""
-    line = ",".join(cells)
-    # Fast path: no cell needs quoting when the line has no quote, CR, LF or extra comma.
-    if ('"' not in line and "\n" not in line and "\r" not in line
-            and line.count(",") == len(cells) - 1):
-        return line
-    return ",".join(map(csv_cell, cells))
-
-
-def _author_of(message: dict[str, Any], author_id: Any) -> dict[str, Any] | None:
-    includes = message.get("includes")
-    if not isinstance(includes, dict):
-        return None
-    users = includes.get("users")
-    if not isinstance(users, list):
-        return None
-    for user in users:
-        if isinstance(user, dict) and user.get("id") == author_id:
-            return user
-    return None
-
-
-def _text(value: Any) -> str:
-    """`field_text` with the common case (a string) inlined by the caller's fast path."""
-    return value if type(value) is str else field_text(value)
-
-
-def _author_cells(author: dict[str, Any] | None) -> list[str]:
-    if author is None:
-        return [""] * 10
-    get = author.get
-    metrics = get("public_metrics")
-    if not isinstance(metrics, dict):
-        metrics = {}
-    return [
-        _text(get("created_at")), _text(get("location")), _text(get("name")),
-        _text(get("username")), field_text(get("verified")), field_text(get("protected")),
-        field_text(metrics.get("followers_count")), field_text(metrics.get("following_count")),
-        field_text(metrics.get("tweet_count")), field_text(metrics.get("listed_count")),
-    ]
-
-
-def _reference(tweet: dict[str, Any]) -> tuple[str, str]:
-    refs = tweet.get("referenced_tweets")
-    if isinstance(refs, list) and refs and isinstance(refs[0], dict):
-        return field_text(refs[0].get("type")), field_text(refs[0].get("id"))
-    return "original", ""
-
-
-def tweet_id_of(tweet: dict[str, Any]) -> int | None:
-    """The numeric id of a tweet object, or None when it has none."""
-    raw_id = tweet.get("id")
-    if isinstance(raw_id, str):
-        return int(raw_id) if raw_id.isascii() and raw_id.isdigit() else None
-    if isinstance(raw_id, int) and not isinstance(raw_id, bool) and raw_id >= 0:
-        return raw_id
-    return None
-
-
-def tweet_record(tweet_id: int, tweet: dict[str, Any], message: dict[str, Any],
-                 retrieved_at: str, mask: int) -> bytes:
-    """The record (header + rows) of one tweet of a message."""
-    get = tweet.get
-    author_id_value = get("author_id")
-    author = _author_of(message, author_id_value)
-    author_id = _text(author_id_value)
-    lang = _text(get("lang"))
-    reference_type, referenced_id = _reference(tweet)
-    lead = csv_line((str(tweet_id), _text(get("conversation_id")), author_id,
-                     _text(get("created_at")))).encode("utf-8", "replace") + b","
-    retrieved = csv_cell(retrieved_at).encode("utf-8", "replace")
-    body = b"," + csv_line((_text(get("source")), lang, _text(get("text")), reference_type,
-                            referenced_id)).encode("utf-8", "replace") + b","
-    tail = csv_line(_author_cells(author)).encode("utf-8", "replace") + b"\n"
-    users_head = csv_line((author_id, lang)).encode("utf-8", "replace") + b","
-    tail_start = len(lead) + len(retrieved) + len(body)
-    header = _HEADER.pack(mask, tail_start + len(tail), tail_start, len(lead),
-                          min(len(retrieved), 0xFFFF), author is not None)
-    return b"".join((header, lead, retrieved, body, tail, users_head))
-
-
-
-
-
-def render_tweet_row(tweet_id: int, tweet: dict[str, Any], message: dict[str, Any],
-                     retrieved_at: str) -> bytes:
-    """The tweets CSV line of a tweet: the same bytes as `tweet_row(tweet_record(...))`
-    (`csv_line` quotes cell by cell, so one line of 20 cells equals the record's pieces)
-    with less work; pass 2 renders 200,000 of them an hour."""
-    get = tweet.get
-    author_id_value = get("author_id")
-    reference_type, referenced_id = _reference(tweet)
-    cells = [str(tweet_id), _text(get("conversation_id")), _text(author_id_value),
-             _text(get("created_at")), retrieved_at, _text(get("source")), _text(get("lang")),
-             _text(get("text")), reference_type, referenced_id]
-    cells += _author_cells(_author_of(message, author_id_value))
-    return (csv_line(cells) + "\n").encode("utf-8", "replace")
-
-
-def render_user_row(tweet: dict[str, Any], message: dict[str, Any]) -> bytes:
-    """The users CSV line of a tweet, alone: the same bytes as `user_row(tweet_record(...))`
-    for less than half the work (pass 2 renders a users row for most tweets)."""
-    get = tweet.get
-    author_id_value = get("author_id")
-    head = csv_line((_text(author_id_value), _text(get("lang"))))
-    tail = csv_line(_author_cells(_author_of(message, author_id_value)))
-    return (head + "," + tail + "\n").encode("utf-8", "replace")
-
-
-def tweet_row(record: bytes) -> bytes:
-    """The record's line of the tweets CSV."""
-    tweet_end = _HEADER.unpack_from(record)[1]
-    return record[HEADER_SIZE: HEADER_SIZE + tweet_end]
-
-
-def user_row(record: bytes) -> bytes:
-    """The record's line of the users CSV."""
-    _, tweet_end, tail_start, _, _, _ = _HEADER.unpack_from(record)
-    return record[HEADER_SIZE + tweet_end:] + record[HEADER_SIZE + tail_start:
-                                                     HEADER_SIZE + tweet_end]
-
-
-
-
-def parse_json_line(line: bytes) -> Any:
-    """The JSON value of a line; orjson first, stdlib json for what orjson refuses
-    (integers beyond 64 bits, lone surrogates), so a line twarc wrote is never lost."""
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-
-
-def split_chunk(data: bytes) -> Iterator[tuple[bytes, bool]]:
-    """Lines of a chunk with a flag for 'last line without its newline' (maybe torn)."""
-    lines = data.split(b"\n")
-    last = lines.pop()  # b"" when the chunk ends with a newline, as closed chunks do
-    for line in lines:
-        yield line, False
-    if last.strip():
-        yield last, True
 
 
 # Pass 1 keeps, per distinct tweet id, one `bytes` entry (see `HourIndex`): this header, then
 # the retrieval key (`key_len` bytes), then the author id (the rest).
 # Header: server mask, chunk number, line offset and length, the tweet's position in `data`,
 # whether the author object was included, length of the retrieval key.
-_ENTRY = struct.Struct("<QIIIHBH")
-ENTRY_SIZE = _ENTRY.size
-
-# pass 2 reads a line back: (chunk number, offset, length) -> the line's bytes
-LineReader = Callable[[int, int, int], bytes]
-
-
-def tweet_ids_in(data: bytes) -> set[int]:
-    """Every tweet id of one chunk's messages (lines that are not tweets are ignored)."""
-    found: set[int] = set()
-    for line, _ in split_chunk(data):
-        tweets = _tweets_of(parse_json_line(line)) if line.strip() else None
-        for tweet in tweets or ():
-            tweet_id = tweet_id_of(tweet) if isinstance(tweet, dict) else None
-            if tweet_id is not None:
-                found.add(tweet_id)
-    return found
-
-
-def _tweets_of(message: Any) -> list[Any] | None:
-    """The tweet objects of a parsed line, or None when it carries none."""
-    if not isinstance(message, dict):
-        return None
-    data_value = message.get("data")
-    if isinstance(data_value, dict):
-        return [data_value]
-    if isinstance(data_value, list) and data_value:
-        return data_value
-    return None
-
-
-def _retrieved_at(message: dict[str, Any]) -> str:
-    meta = message.get("__twarc")
-    retrieved = meta.get("retrieved_at") if isinstance(meta, dict) else None
-    return retrieved if isinstance(retrieved, str) else ""
+ENTRY = struct.Struct("<QIIIHBH")
+ENTRY_SIZE = ENTRY.size
 
 
 @dataclass
@@ -333,12 +107,12 @@ class HourIndex:
                 continue  # blank line (a stray keep-alive): not a message
             self.lines += 1
             message = parse_json_line(line)
-            tweets = _tweets_of(message)
+            tweets = tweets_of(message)
             if tweets is None:
                 self.skipped[SKIP_TORN if maybe_torn and message is None else
                              SKIP_NOT_JSON if message is None else SKIP_NO_DATA] += 1
                 continue
-            retrieved_at = _retrieved_at(message)
+            retrieved_at = retrieved_at_of(message)
             new_key = retrieved_at.encode("utf-8", "replace") or b"~"
             for position, tweet in enumerate(tweets):
                 tweet_id = tweet_id_of(tweet) if isinstance(tweet, dict) else None
@@ -407,7 +181,7 @@ class HourIndex:
         for tweet_id in ids:  # ascending, so a later tweet of an author is a more recent one
             entry = entries[tweet_id]
             has_author = bool(entry[ENTRY_SIZE - 3])
-            key_len = _ENTRY.unpack_from(entry)[6]
+            key_len = ENTRY.unpack_from(entry)[6]
             author = entry[ENTRY_SIZE + key_len:]
             if not author:
                 continue
@@ -432,22 +206,6 @@ class HourIndex:
         # Flat ids, unless one does not fit 64 bits (never seen, but `id` is only a string).
         flat: Sequence[int] = array("Q", ids) if not ids or ids[-1] < 1 << 64 else ids
         return MergePlan(flat, locations, users)
-
-    def kept_copy(self, tweet_id: int,
-                  read_line: LineReader) -> tuple[dict[str, Any], dict[str, Any], int]:
-        """Pass 2: the kept copy of `tweet_id` read back: (tweet, message, server mask)."""
-        entry = self.entries[tweet_id]
-        mask, chunk_no, offset, length, position, _, _ = _ENTRY.unpack_from(entry)
-        message = parse_json_line(read_line(chunk_no, offset, length))
-        tweets = _tweets_of(message)
-        if tweets is None or len(tweets) <= position or not isinstance(tweets[position], dict):
-            raise RuntimeError(f"tweet {tweet_id} changed on disk during the merge")
-        return tweets[position], message, mask
-
-    def record(self, tweet_id: int, read_line: LineReader) -> bytes:
-        """The kept copy of `tweet_id` rendered (see `tweet_record`)."""
-        tweet, message, mask = self.kept_copy(tweet_id, read_line)
-        return tweet_record(tweet_id, tweet, message, _retrieved_at(message), mask)
 
     def drop_received_earlier(self, earlier_ids: set[int]) -> int:
         """Remove the tweets the previous hour already received; returns how many.
@@ -495,7 +253,6 @@ class HourIndex:
                 mine[minute] = mine.get(minute, 0) + count
 
 
-
 # The head of an entry: server mask, chunk number, line offset, line length, tweet position.
 _LOCATION = struct.Struct("<QIIIH")
 
@@ -514,7 +271,7 @@ class MergePlan:
         mask, chunk_no, offset, length, tweet_no = _LOCATION.unpack_from(
             self.locations, position * _LOCATION.size)
         message = parse_json_line(read_line(chunk_no, offset, length))
-        tweets = _tweets_of(message)
+        tweets = tweets_of(message)
         if tweets is None or len(tweets) <= tweet_no or not isinstance(tweets[tweet_no], dict):
             raise RuntimeError(f"tweet {self.ids[position]} changed on disk during the merge")
         return tweets[tweet_no], message, mask
@@ -523,13 +280,20 @@ class MergePlan:
         """The tweets CSV rows, ascending by id, rendered from the kept lines."""
         for position, tweet_id in enumerate(self.ids):
             tweet, message, _ = self._kept(position, read_line)
-            yield render_tweet_row(tweet_id, tweet, message, _retrieved_at(message))
+            yield render_tweet_row(tweet_id, tweet, message, retrieved_at_of(message))
 
     def user_rows(self, read_line: LineReader) -> Iterator[bytes]:
         """The users CSV rows, ascending by author id."""
         for position in self.users:
             tweet, message, _ = self._kept(position, read_line)
             yield render_user_row(tweet, message)
+
+    def output_rows(self, read_line: LineReader) -> list[Iterator[bytes]]:
+        """The tweets rows, then the users rows (the order of `X_SOURCE.outputs`)."""
+        return [self.tweet_rows(read_line), self.user_rows(read_line)]
+
+    def summary(self) -> str:
+        return f"{len(self.ids)} tweets, {len(self.users)} users"
 
 
 def _entry(tweet: dict[str, Any], message: dict[str, Any], retrieved_at: str, mask: int,
@@ -538,40 +302,15 @@ def _entry(tweet: dict[str, Any], message: dict[str, Any], retrieved_at: str, ma
     has_author = _author_of(message, author_id_value) is not None
     # The retrieval key compares like the rendered cell did before two passes existed, so
     # which copy wins is unchanged even for hostile values (quotes, commas).
-    key = (retrieved_at if _needs_quotes(retrieved_at) is None else
+    key = (retrieved_at if needs_quotes(retrieved_at) is None else
            csv_cell(retrieved_at)).encode("utf-8", "replace")[:0xFFFF]
     author = (author_id_value if type(author_id_value) is str else
               field_text(author_id_value)).encode("utf-8", "replace")
-    return _ENTRY.pack(mask, chunk_no, offset, length, min(position, 0xFFFF), has_author,
+    return ENTRY.pack(mask, chunk_no, offset, length, min(position, 0xFFFF), has_author,
                        len(key)) + key + author
 
 
 def _entry_key(entry: bytes) -> bytes:
     """The entry's retrieval key; a copy without retrieval time sorts last."""
-    key_len = _ENTRY.unpack_from(entry)[6]
+    key_len = ENTRY.unpack_from(entry)[6]
     return entry[ENTRY_SIZE: ENTRY_SIZE + key_len] or b"~"
-
-
-
-def blocks_of(rows: Iterable[bytes], block_size: int, header: bytes = b"") -> Iterator[bytes]:
-    """Cut a stream of rows into blocks of at least `block_size` bytes, at row boundaries.
-
-    The cut points depend only on the bytes, never on timing or thread count, which keeps the
-    compressed output byte-identical from run to run. No rows and no header still give one
-    (empty) block, so an hour without tweets is a valid, empty `.xz` file.
-    """
-    parts = [header] if header else []
-    size = len(header)
-    cut = False
-    for row in rows:
-        parts.append(row)
-        size += len(row)
-        if size >= block_size:
-            yield b"".join(parts)
-            parts, size, cut = [], 0, True
-    if parts or not cut:
-        yield b"".join(parts)
-
-
-def header_line(columns: Sequence[str]) -> bytes:
-    return (csv_line(columns) + "\n").encode()

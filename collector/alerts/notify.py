@@ -4,9 +4,14 @@
 `Notifier` protocol. An alert has a `kind` (a stable key such as `stream_stalled`, used to
 rate-limit repeats) and a subject that must be safe to show to anyone: no secrets.
 
-Alert mails that could not be delivered wait in an outbox (`collector.mail`); commands that
-run on a schedule call `deliver_queued_alerts` so they go out soon after the mail server is
-back even if nothing alerts again.
+A stage that fails raises its failure alert through `alert_failure`, the one rule for all of
+them: a run that fails alerts when its failure streak reaches `after` runs (1: the first
+failure, for process and upload, whose cron runs nobody watches; 3 for send and replicate,
+whose next run often just works) and again every `every` runs while it lasts.
+
+Alert mails that could not be delivered wait in an outbox (`collector.alerts.outbox`);
+commands that run on a schedule call `deliver_queued_alerts` so they go out soon after the
+mail server is back even if nothing alerts again.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ PROCESS_FAILING = "process_failing"
 ENTRIES_QUARANTINED = "entries_quarantined"
 SEND_FAILING = "send_failing"
 SEND_CONFLICT = "send_conflict"
-# The main could not copy its data to a secondary (collector.replicate).
+# The main could not copy its data to a secondary (collector.transfer.replicate).
 REPLICATE_FAILING = "replicate_failing"
 # Re-merging an hour would have published fewer ids than its outputs hold (collector.process).
 FEWER_IDS = "fewer_ids"
@@ -64,13 +69,32 @@ class FanOutNotifier:
             notifier.alert(kind, subject, body)
 
 
+# A failure streak is alerted again every this many runs while it lasts (a day of hourly runs).
+REALERT_EVERY = 24
+
+
+def failure_alert_due(failures: int, after: int = 1, every: int = REALERT_EVERY) -> bool:
+    """Whether the `failures`-th failed run in a row alerts (pure): at `after`, then every
+    `every` runs."""
+    return failures >= after and (failures - after) % every == 0
+
+
+def alert_failure(notifier: Notifier, kind: str, subject: str, body: str = "", *,
+                  failures: int = 1, after: int = 1, every: int = REALERT_EVERY) -> bool:
+    """Raise a stage's failure alert if `failure_alert_due`; returns whether it did."""
+    if not failure_alert_due(failures, after, every):
+        return False
+    notifier.alert(kind, subject, body)
+    return True
+
+
 def make_notifier(settings: Settings) -> Notifier:
     """Every alert goes to the log; with `notifications=True` it is also emailed."""
     to_log = LogNotifier(settings.server_id)
     if not settings.notifications:
         return to_log
     # Imported here so that processes with mail off never load smtplib and ssl for it.
-    from collector.mail import EmailNotifier
+    from collector.alerts.email import EmailNotifier
 
     return FanOutNotifier(to_log, EmailNotifier(settings))
 
@@ -82,6 +106,6 @@ def deliver_queued_alerts(settings: Settings) -> int:
     """
     if not settings.notifications:
         return 0
-    from collector.mail import deliver_pending
+    from collector.alerts.email import deliver_pending
 
     return deliver_pending(settings)

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from collector.fsutil import fsync_dir
 from collector.layout import PART_SUFFIX, chunk_path, iter_part_files
-from collector.outputs import fsync_dir
 
 log = logging.getLogger("collector.chunks")
 

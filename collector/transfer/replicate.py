@@ -1,6 +1,6 @@
 """`collector replicate`: the main's second copies, pushed to every host in `replicas`.
 
-Two copies of everything until it is published (SPEC section 7). A secondary's chunks already
+Two copies of everything until it is published (docs/replication.md). A secondary's chunks already
 live on two hosts (kept there after `send`, and in the main's `incoming_dst`); what only the
 main holds is copied here to every replica host, into the tree its `replica_dst` roots:
 
@@ -10,7 +10,7 @@ main holds is copied here to every replica host, into the tree its `replica_dst`
     vault/<day>/<file>                   the vault's regular files (no dot entries, no links)
     state/process_ledger.json            a snapshot of the main's process ledger, LAST
 
-Through the same confined, write-only, fsynced push as `send` (`collector.push`): on the
+Through the same confined, write-only, fsynced push as `send` (`collector.transfer.rsync`): on the
 replica host the main's key may only run `collector receive <replica_dst>` (rrsync -wo
 -munge -no-del, then syncfs), so nothing here can delete, read or escape `replica_dst`, and
 a session that succeeded is on the replica host's disk.
@@ -47,7 +47,6 @@ replica holds with other content: both kept, never overwritten). The run then en
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -61,12 +60,16 @@ from pathlib import Path
 
 import orjson
 
-from collector.errors import LockedError, RemoteError, SettingsError
-from collector.layout import HourKey, is_day_name, scan_tree
-from collector.notify import REPLICATE_FAILING, Notifier, make_notifier
-from collector.outputs import write_bytes_atomic
-from collector.process import LEDGER_NAME, departed_server_ids
-from collector.push import (
+from collector.alerts.notify import REPLICATE_FAILING, Notifier, alert_failure, make_notifier
+from collector.clock import utc_now_text
+from collector.errors import RemoteError, SettingsError
+from collector.fsutil import exclusive_lock, read_state, write_bytes_atomic
+from collector.layout import HourKey, is_day_name
+from collector.process.ledger import LEDGER_NAME
+from collector.process.scan import departed_server_ids
+from collector.settings import ReplicaTarget, Settings
+from collector.transfer.retention import CHUNKS_DIR, STATE_DIR, VAULT_DIR, hour_expired
+from collector.transfer.rsync import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IO_TIMEOUT,
     DEFAULT_RUN_TIMEOUT,
@@ -82,9 +85,8 @@ from collector.push import (
     listed_names,
     push_and_verify,
 )
-from collector.retention import CHUNKS_DIR, STATE_DIR, VAULT_DIR, hour_expired
-from collector.send import DEFAULT_COLLECTOR_BIN, check_ssh_paths, restricted_key_line
-from collector.settings import ReplicaTarget, Settings
+from collector.transfer.send import DEFAULT_COLLECTOR_BIN, check_ssh_paths, restricted_key_line
+from collector.tree import scan_tree
 
 log = logging.getLogger("collector.replicate")
 
@@ -93,7 +95,6 @@ LOCK_FILE = "replicate.lock"
 # A folder in state_dir holding the ledger snapshot as `process_ledger.json` while it is pushed.
 SNAPSHOT_PREFIX = "replicate-snapshot-"
 ALERT_AFTER_FAILURES = 3
-REALERT_EVERY = 24
 
 
 def replica_authorized_keys_line(replica_dst: Path, main_id: str, public_key: str,
@@ -223,13 +224,7 @@ class TargetState:
 
 def load_replicate_state(path: Path) -> dict[str, TargetState]:
     """Per target server_id; a missing or unreadable file reads as "never ran"."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:
-        log.warning("ignoring unreadable %s (%s)", path, type(error).__name__)
-        return {}
+    raw = read_state(path, log, "the failure counts start again")
     targets = raw.get("targets") if isinstance(raw, dict) else None
     if not isinstance(targets, dict):
         return {}
@@ -293,18 +288,9 @@ class ReplicateResult:
 @contextlib.contextmanager
 def replicate_lock(state_dir: Path) -> Iterator[None]:
     """One replicate at a time (a slow push must not overlap the next cron run)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / LOCK_FILE).open("a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(f"another collector replicate is running "
-                              f"(lock {state_dir / LOCK_FILE})") from None
+    path = state_dir / LOCK_FILE
+    with exclusive_lock(path, f"another collector replicate is running (lock {path})"):
         yield
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def replicate(settings: Settings, notifier: Notifier | None = None, *,
@@ -320,7 +306,7 @@ def replicate(settings: Settings, notifier: Notifier | None = None, *,
     every target had its turn.
     """
     if not settings.is_main or settings.data_vault_dst is None:
-        raise SettingsError(f"{settings.source}: role={settings.role}: replicate runs on the "
+        raise SettingsError(f"{settings.path}: role={settings.role}: replicate runs on the "
                             "main (it copies the main's data to the hosts in replicas)")
     if not settings.replicas:
         log.info("no replica hosts configured")
@@ -511,7 +497,7 @@ def _record(settings: Settings, notifier: Notifier, states: dict[str, TargetStat
     state = states.setdefault(target.server_id, TargetState())
     if state.label != target.label:  # another host under that id: its history does not count
         state = states[target.server_id] = TargetState(label=target.label)
-    state.last_attempt_at = _utc_now()
+    state.last_attempt_at = utc_now_text()
     state.chunks_waiting = outcome.waiting
     new_conflicts = sorted(set(outcome.conflicts) - set(state.conflicts))
     state.conflicts = list(outcome.conflicts)
@@ -522,14 +508,13 @@ def _record(settings: Settings, notifier: Notifier, states: dict[str, TargetStat
         state.last_error = outcome.error
         log.error("%s", outcome.error)
         failures = state.consecutive_failures
-        if (failures >= ALERT_AFTER_FAILURES
-                and (failures - ALERT_AFTER_FAILURES) % REALERT_EVERY == 0):
-            notifier.alert(REPLICATE_FAILING,
-                           f"replication from {settings.server_id} to {target.label} failing "
-                           f"{failures} runs in a row: {outcome.error}",
-                           f"Failing since {state.first_failure_at}. Until it works again the "
-                           f"main's newest chunks and vault files exist on fewer hosts; "
-                           f"{outcome.waiting} chunks wait for {target.server_id}.")
+        alert_failure(notifier, REPLICATE_FAILING,
+                      f"replication from {settings.server_id} to {target.label} failing "
+                      f"{failures} runs in a row: {outcome.error}",
+                      f"Failing since {state.first_failure_at}. Until it works again the "
+                      f"main's newest chunks and vault files exist on fewer hosts; "
+                      f"{outcome.waiting} chunks wait for {target.server_id}.",
+                      failures=failures, after=ALERT_AFTER_FAILURES)
         return
     if state.consecutive_failures:
         log.info("replication to %s works again after %d failed runs (failing since %s)",

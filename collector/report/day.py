@@ -27,18 +27,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector.merge import SKIP_REASONS
-from collector.outputs import write_bytes_atomic
-
-EXTRA_COLUMNS = ("duplicates", "chunks", *SKIP_REASONS, "quarantined")
+from collector.fsutil import write_bytes_atomic
 
 
 def report_name(day: str) -> str:
     return f"{day}_report.txt"
 
 
-def report_columns(servers: Sequence[str]) -> tuple[str, ...]:
-    return ("hour", *servers, "total", "diff", "diff %", *EXTRA_COLUMNS)
+def report_columns(servers: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
+    """`extra`: the source's own counts after `diff %` (`Source.report_columns`)."""
+    return ("hour", *servers, "total", "diff", "diff %", *extra)
 
 
 def diff_percent(diff: int, total: int) -> str:
@@ -121,9 +119,10 @@ def server_columns(report: DayReport, servers: Sequence[str],
     return (*servers, *sorted(others))
 
 
-def with_hour(report: DayReport, line: HourLine, servers: Sequence[str]) -> DayReport:
+def with_hour(report: DayReport, line: HourLine, servers: Sequence[str],
+              extra: Sequence[str]) -> DayReport:
     """The report with `line` added or replacing the line of the same hour (pure)."""
-    columns = report_columns(server_columns(report, servers, line))
+    columns = report_columns(server_columns(report, servers, line), extra)
     rows = {hour: {column: row.get(column, "") for column in columns}
             for hour, row in report.rows.items()}
     rows[line.hour] = line.cells(columns)
@@ -131,12 +130,12 @@ def with_hour(report: DayReport, line: HourLine, servers: Sequence[str]) -> DayR
 
 
 def with_cells(report: DayReport, hour: str, counts: Mapping[str, int],
-               servers: Sequence[str]) -> DayReport | None:
+               servers: Sequence[str], extra: Sequence[str]) -> DayReport | None:
     """The report with some counts of an existing hour line replaced, in today's columns;
     None when the report has no line for `hour` (pure)."""
     if hour not in report.rows:
         return None
-    columns = report_columns(server_columns(report, servers))
+    columns = report_columns(server_columns(report, servers), extra)
     rows = {label: {column: row.get(column, "") for column in columns}
             for label, row in report.rows.items()}
     rows[hour].update({name: str(n) for name, n in counts.items() if name in columns})
@@ -144,12 +143,12 @@ def with_cells(report: DayReport, hour: str, counts: Mapping[str, int],
 
 
 def update_report_cells(folder: Path, day: str, hour: str, counts: Mapping[str, int],
-                        servers: Sequence[str]) -> bool:
+                        servers: Sequence[str], extra: Sequence[str]) -> bool:
     """Replace counts of an hour line already in the day's report, atomically; False (and
     nothing written) when the hour has no line yet: it gets its counts when processed."""
     path = folder / report_name(day)
     before = read_report(path)
-    report = with_cells(before, hour, counts, servers)
+    report = with_cells(before, hour, counts, servers, extra)
     if report is None:
         return False
     text = render_report(report)
@@ -158,9 +157,10 @@ def update_report_cells(folder: Path, day: str, hour: str, counts: Mapping[str, 
     return True
 
 
-def update_report(folder: Path, day: str, line: HourLine, servers: Sequence[str]) -> Path:
+def update_report(folder: Path, day: str, line: HourLine, servers: Sequence[str],
+                  extra: Sequence[str]) -> Path:
     """Replace (or add) the hour's line in the day's report file, atomically."""
     path = folder / report_name(day)
-    report = with_hour(read_report(path), line, servers)
+    report = with_hour(read_report(path), line, servers, extra)
     write_bytes_atomic(path, render_report(report).encode("utf-8"))
     return path

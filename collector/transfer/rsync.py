@@ -2,7 +2,7 @@
 
 Both commands write into a folder on another host whose key is confined there by the forced
 command `collector receive <folder>` (`rrsync -wo -munge -no-del`, then syncfs; see
-`collector.receive`). What that gives, and what this module relies on:
+`collector.transfer.receive`). What that gives, and what this module relies on:
 
 * Write-only, nothing deleted: only options `rrsync -wo -munge -no-del` accepts are used (no
   `--delete*`, no `--remove-source-files`; tested for real with rsync 3.2.7 and 3.5.0), and
@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector.outputs import write_bytes_atomic
+from collector.fsutil import read_state, write_bytes_atomic
 
 log = logging.getLogger("collector.push")
 
@@ -210,7 +210,7 @@ def _patterns(peer: Peer) -> tuple[tuple[re.Pattern[str], str], ...]:
 
 
 _RRSYNC_ERROR = re.compile(r"rrsync error: (.*)")
-# The receiver's forced command (collector.receive) explains its own failures in one line.
+# The receiver's forced command (collector.transfer.receive) explains its own failures in one line.
 _RECEIVER_ERROR = re.compile(r"collector receive: error: (.*)")
 
 
@@ -365,13 +365,8 @@ class ConfirmedLedger:
     @classmethod
     def load(cls, path: Path, key: str, label: str) -> ConfirmedLedger:
         ledger = cls(path, key, label)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return ledger
-        except (OSError, ValueError) as error:
-            log.warning("ignoring unreadable %s (%s); every file is compared again", path,
-                        type(error).__name__)
+        raw = read_state(path, log, "every file is compared again")
+        if raw is None:
             return ledger
         if not isinstance(raw, dict) or not isinstance(raw.get("chunks"), dict):
             log.warning("ignoring malformed %s; every file is compared again", path)

@@ -10,24 +10,23 @@ disk. A slow disk therefore never slows the socket reader into a server-side dis
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from collector import notify
-from collector.backoff import ConnectionPolicy, time_scale
-from collector.capture import Capture, StreamClient, failure_alert, serialize
-from collector.chunks import ChunkWriter, DiskFull, recover_part_files
-from collector.errors import CollectorError, LockedError
-from collector.health import STATUS_FILE, HealthFile, StreamHealth, read_health
-from collector.settings import Settings, read_bearer_token
+from collector.alerts import notify
+from collector.errors import CollectorError
+from collector.fsutil import exclusive_lock
+from collector.settings import Settings
+from collector.sources import CaptureLoop, CaptureRequest, source_for
+from collector.stream.backoff import time_scale
+from collector.stream.chunks import ChunkWriter, DiskFull, recover_part_files
+from collector.stream.health import STATUS_FILE, HealthFile, StreamHealth, read_health
 
 log = logging.getLogger("collector.stream")
 
@@ -56,18 +55,6 @@ class StreamSummary:
     dropped_messages: int
 
 
-def sample_params(settings: Settings) -> dict[str, Any]:
-    """Arguments for `Twarc2.sample()` from the settings."""
-    params: dict[str, Any] = {
-        "expansions": ",".join(settings.expansions),
-        "tweet_fields": ",".join(settings.tweet_fields),
-        "user_fields": ",".join(settings.user_fields),
-    }
-    if settings.backfill_minutes:
-        params["backfill_minutes"] = settings.backfill_minutes
-    return params
-
-
 def _prepare_storage(settings: Settings) -> None:
     try:
         settings.data_storage_dst.mkdir(parents=True, exist_ok=True)
@@ -90,35 +77,25 @@ def stream_lock(state_dir: Path) -> Iterator[None]:
     crashed stream never blocks its restart.
     """
     path = state_dir / LOCK_FILE
-    try:
-        # Read-only is enough for flock, and works on a lock file another user created.
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as error:
-        raise CollectorError(f"cannot open the stream lock {path}: {error.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(f"another collector stream is running on this host "
-                              f"(lock {path}); not starting a second one") from None
+    with exclusive_lock(path, f"another collector stream is running on this host "
+                              f"(lock {path}); not starting a second one", make_folder=False):
         yield
-    finally:
-        os.close(fd)
 
 
 def run_stream(settings: Settings, notifier: notify.Notifier,
                stop: threading.Event | None = None) -> StreamSummary:
     """Capture the sampled stream into minute chunks until `stop` is set."""
     stop = stop or threading.Event()
-    token = read_bearer_token(settings)
+    build_capture = source_for(settings).prepare_capture(settings)
     scale = time_scale()
     _prepare_storage(settings)
     with stream_lock(settings.state_dir):
-        return _run_locked(settings, notifier, stop, token, scale)
+        return _run_locked(settings, notifier, stop, build_capture, scale)
 
 
 def _run_locked(settings: Settings, notifier: notify.Notifier, stop: threading.Event,
-                token: str, scale: float) -> StreamSummary:
+                build_capture: Callable[[CaptureRequest], CaptureLoop],
+                scale: float) -> StreamSummary:
     """The capture itself, under the stream lock (recovery first, then the two threads)."""
     health_path = settings.state_dir / STATUS_FILE
     previous = read_health(health_path)
@@ -138,17 +115,15 @@ def _run_locked(settings: Settings, notifier: notify.Notifier, stop: threading.E
                          started_at=time.time())
     inbox: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
 
-    def deliver(received_at: float, message: dict[str, Any]) -> None:
+    def deliver(received_at: float, line: bytes, has_record: bool) -> None:
         health.messages += 1
         health.last_message_at = received_at
-        if "data" in message:
+        if has_record:
             health.tweets += 1
             health.last_tweet_at = received_at
-        inbox.put((received_at, serialize(message)))
+        inbox.put((received_at, line))
 
-    client = StreamClient(token, settings.api_base_url, settings.read_timeout_seconds,
-                          ConnectionPolicy(scale=scale), health, stop, failure_alert(notifier))
-    capture = Capture(client, sample_params(settings), deliver, notifier, settings.server_id)
+    capture = build_capture(CaptureRequest(settings, health, stop, deliver, notifier, scale))
     reader = threading.Thread(target=capture.run, name="stream-reader", daemon=True)
     notifier.alert(notify.STREAM_STARTED, f"stream started (pid {os.getpid()})")
     reader.start()
@@ -157,7 +132,7 @@ def _run_locked(settings: Settings, notifier: notify.Notifier, stop: threading.E
         loop.run(stop)
     finally:
         stop.set()
-        client.abort_connection()
+        capture.abort()
         reader.join(timeout=5.0)
         loop.drain_and_close()
         health.connected = False
@@ -179,7 +154,7 @@ class _WriterLoop:
 
     def __init__(self, settings: Settings, notifier: notify.Notifier, writer: ChunkWriter,
                  health: StreamHealth, health_file: HealthFile,
-                 inbox: queue.SimpleQueue[tuple[float, bytes]], capture: Capture) -> None:
+                 inbox: queue.SimpleQueue[tuple[float, bytes]], capture: CaptureLoop) -> None:
         self.settings = settings
         self.notifier = notifier
         self.writer = writer

@@ -23,8 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from collector.fsutil import write_bytes_atomic
 from collector.layout import HourKey, hour_bounds, hour_of
-from collector.outputs import write_bytes_atomic
 
 log = logging.getLogger("collector.coverage")
 

@@ -1,0 +1,1 @@
+"""Publishing: the vault's IDs files and day reports uploaded to OSF (`osf`)."""
