@@ -1022,7 +1022,9 @@ def _describe(fault: Fault) -> str:
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Fake X API v2 sampled stream.")
+    # prog: the name usage lines and errors showed when this was the module fake_api.py
+    parser = argparse.ArgumentParser(prog="fake_api.py",
+                                     description="Fake X API v2 sampled stream.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tokens", required=True, help="comma-separated bearer tokens")

@@ -1,0 +1,58 @@
+"""The fake X API v2 sampled stream, a package so each concern can have its own module.
+
+What it does on the wire is described in `server`; the names below are its public ones.
+"""
+
+from tests.doubles.fake_api.server import (
+    CACHE_SLOTS,
+    CUT_PAUSE,
+    DISCONNECT_BODIES,
+    DISCONNECT_VARIANTS,
+    FAULT_KINDS,
+    FAULT_STATUSES,
+    HEARTBEAT,
+    HTML_LINE,
+    MALFORMED_LINE,
+    MAX_CHUNK_BYTES,
+    MAX_REQUEST_BYTES,
+    POLL,
+    PROBLEM_BODIES,
+    RATE_LIMITED,
+    REASONS,
+    REQUEST_KINDS,
+    STREAM_KINDS,
+    STREAM_PATH,
+    TOO_MANY_CONNECTIONS,
+    FakeStreamAPI,
+    Fault,
+    FaultError,
+    expand_runs,
+    main,
+)
+
+__all__ = [
+    "CACHE_SLOTS",
+    "CUT_PAUSE",
+    "DISCONNECT_BODIES",
+    "DISCONNECT_VARIANTS",
+    "FAULT_KINDS",
+    "FAULT_STATUSES",
+    "HEARTBEAT",
+    "HTML_LINE",
+    "MALFORMED_LINE",
+    "MAX_CHUNK_BYTES",
+    "MAX_REQUEST_BYTES",
+    "POLL",
+    "PROBLEM_BODIES",
+    "RATE_LIMITED",
+    "REASONS",
+    "REQUEST_KINDS",
+    "STREAM_KINDS",
+    "STREAM_PATH",
+    "TOO_MANY_CONNECTIONS",
+    "FakeStreamAPI",
+    "Fault",
+    "FaultError",
+    "expand_runs",
+    "main",
+]
