@@ -1,7 +1,7 @@
-"""`python -m tests.doubles.fake_api`: the command line of the fake API (see `main`)."""
+"""`python -m tests.doubles.fake_api ...`: runs the command line in `cli`."""
 
 import sys
 
-from tests.doubles.fake_api import main
+from tests.doubles.fake_api.cli import main
 
 sys.exit(main())
