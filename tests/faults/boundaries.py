@@ -43,6 +43,8 @@ from zoneinfo import ZoneInfo
 
 from collector.layout import hour_label
 from tests.faults.scenarios import Lab, Scenario
+from tests.lab import nspawn
+from tests.lab.fleet import as_collector
 
 ZONE = ZoneInfo("CET")  # the lab's inventory keeps the default timezone
 DATA_DIR = "/srv/collector"
@@ -113,7 +115,7 @@ def _process_bounded(lab: Lab, name: str, hour: str) -> float:
     """The main's `process` of the hour, which must end on its own within PROCESS_TIMEOUT;
     returns how long it took."""
     command = (f"timeout {PROCESS_TIMEOUT} "
-               + lab.fleet.as_collector(f"process --hour {hour} --force"))
+               + as_collector(f"process --hour {hour} --force"))
     started = time.monotonic()
     result = lab.run(lab.main, command, check=False)
     seconds = time.monotonic() - started
@@ -207,7 +209,7 @@ def _escape(lab: Lab) -> None:
 
 def _playbook(lab: Lab, log_name: str, *extra: str) -> bool:
     try:
-        lab.fleet.ansible_playbook("site.yml", *extra, log=lab.fleet.LAB_DIR / log_name)
+        lab.fleet.ansible_playbook("site.yml", *extra, log=lab.fleet.lab_dir / log_name)
     except RuntimeError as error:
         print(f"   {error}", flush=True)
         return False
@@ -253,12 +255,12 @@ def _unreachable(lab: Lab, host: str) -> Iterator[None]:
     killed, including the master connections Ansible keeps open (ControlPersist), which
     would otherwise still reach it. Its stream keeps running."""
     nsenter = ["nsenter", "-t", str(lab.init_pid(host)), "-a"]
-    lab.fleet.nspawn.run([*nsenter, "sh", "-c", "systemctl stop ssh.service ssh.socket; "
-                          "pkill -KILL -x sshd; true"])
+    nspawn.run([*nsenter, "sh", "-c", "systemctl stop ssh.service ssh.socket; "
+                "pkill -KILL -x sshd; true"])
     try:
         yield
     finally:
-        lab.fleet.nspawn.run([*nsenter, "systemctl", "start", "ssh.service"])
+        nspawn.run([*nsenter, "systemctl", "start", "ssh.service"])
 
 
 def _partial_swap(name: str, how: str, limit_to_former: bool = False,
@@ -386,7 +388,7 @@ def _second_stream(lab: Lab) -> None:
     name = "second-stream-started"
     host = lab.main
     parts = _part_files(lab, host)
-    result = lab.run(host, f"timeout 60 {lab.fleet.as_collector('stream')}", check=False)
+    result = lab.run(host, f"timeout 60 {as_collector('stream')}", check=False)
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     if result.returncode in (0, 124):
         _problem(name, f"a second stream did not refuse (rc {result.returncode})")

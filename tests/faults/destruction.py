@@ -73,6 +73,8 @@ from tests.faults.boundaries import _closed_chunks, _playbook
 from tests.faults.hostfaults import compile_zone
 from tests.faults.scenarios import STREAM_UNIT, Lab, Scenario
 from tests.faults.services import _osf_get, _osf_port
+from tests.lab import nspawn
+from tests.lab.fleet import OSF_PROJECT, SETTINGS, as_collector
 
 LAB = "d"
 HOSTS = 3
@@ -181,7 +183,7 @@ def osf_state(lab: Lab) -> dict[str, tuple[str, int]]:
     """sha256 and version count of every file on the fake OSF, by `YYYY/mm/dd/name`, walked
     and downloaded through its API as a client would (`current_version` of the listing)."""
     found: dict[str, tuple[str, int]] = {}
-    pending = [f"http://127.0.0.1:{_osf_port(lab)}/v2/nodes/{lab.fleet.OSF_PROJECT}"
+    pending = [f"http://127.0.0.1:{_osf_port(lab)}/v2/nodes/{OSF_PROJECT}"
                "/files/osfstorage/"]
     while pending:
         url: str | None = pending.pop()
@@ -375,7 +377,7 @@ def move_to_next_hour(lab: Lab, name: str, minute: int, merge: bool) -> list[str
     lab.fleet.write_inventory(lab.state, lab.main, lab.fleet.inventory_hosts())
     for host in lab.hosts:
         _install_zones(lab, host)
-        lab.run(host, f"sed -i 's|^timezone=.*|timezone={zone_name}|' {lab.fleet.SETTINGS}")
+        lab.run(host, f"sed -i 's|^timezone=.*|timezone={zone_name}|' {SETTINGS}")
     for host in lab.hosts:
         lab.run(host, f"systemctl start {STREAM_UNIT}")
     lab.zone = zone
@@ -451,7 +453,7 @@ def promote(lab: Lab, name: str, dead: str, new_main: str) -> None:
     if not _playbook(lab, log):
         raise RuntimeError(f"site.yml promoting {new_main} failed (see {log})")
     lab.main = new_main
-    recap = _recap_hosts((lab.fleet.LAB_DIR / log).read_text())
+    recap = _recap_hosts((lab.fleet.lab_dir / log).read_text())
     if recap != set(hosts):
         _problem(name, f"site.yml played {sorted(recap)}, not {sorted(hosts)}")
     _note(name, f"promoted {new_main} (site.yml {time.monotonic() - started:.0f} s on "
@@ -653,16 +655,15 @@ def _catch_up_inject(lab: Lab) -> None:
     _who[name] = identity(lab, dead)
     current = hour_of(datetime.now(UTC), _zone_of(lab))
     # The cron entry, with the current hour forced after the due ones.
-    commands = [lab.fleet.as_collector(command) if command != "process" else
-                f"{lab.fleet.as_collector('process')}; "
-                f"{lab.fleet.as_collector(f'process --hour {current} --force')}"
+    commands = [as_collector(command) if command != "process" else
+                f"{as_collector('process')}; "
+                f"{as_collector(f'process --hour {current} --force')}"
                 for command in lab.hourly_commands()]
     script = f"( {'; '.join(commands)} ) > {CATCH_UP_LOG}.log 2>&1; echo $? > {CATCH_UP_LOG}.rc"
     record = lab.state["hosts"][dead]
     root = Path(record["root"])
-    mount = lab.fleet.nspawn.data_disk(root)[1]
-    vault = mount / Path(lab.setting(dead, "data_vault_dst")).relative_to(
-        lab.fleet.nspawn.DATA_DIR)
+    mount = nspawn.data_disk(root)[1]
+    vault = mount / Path(lab.setting(dead, "data_vault_dst")).relative_to(nspawn.DATA_DIR)
     hour = _backlog[-1]
     folder = vault / hour.split("T")[0]
     rc_file = root / CATCH_UP_LOG.lstrip("/")
@@ -788,7 +789,7 @@ def status_rows(log: str) -> dict[str, list[str]]:
 
 
 def _status_table(lab: Lab, name: str, victim: str) -> None:
-    log = lab.fleet.LAB_DIR / f"{name}-status.log"
+    log = lab.fleet.lab_dir / f"{name}-status.log"
     with contextlib.suppress(RuntimeError):  # an unreachable host may make it exit non-zero
         lab.fleet.ansible_playbook("status.yml", log=log)
     rows = status_rows(log.read_text() if log.exists() else "")

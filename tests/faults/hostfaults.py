@@ -45,6 +45,7 @@ from collector.layout import hour_of
 from collector.stream.run import WRITE_BATCH
 from tests.faults import measure
 from tests.faults.scenarios import STREAM_UNIT, Lab, Scenario
+from tests.lab.fleet import SETTINGS
 
 HEALTHY_TIMEOUT = 180.0
 
@@ -527,7 +528,7 @@ class ClockChange:
                 self.original.setdefault(host, lab.setting(host, "timezone"))
                 lab.run(host, f"mkdir -p {ZONEINFO}/Lab && echo {encoded} | base64 -d > "
                         f"{target}.new && mv -f {target}.new {target} && "
-                        f"sed -i 's|^timezone=.*|timezone={self.name}|' {lab.fleet.SETTINGS} "
+                        f"sed -i 's|^timezone=.*|timezone={self.name}|' {SETTINGS} "
                         f"&& systemctl restart {STREAM_UNIT}")
         except subprocess.CalledProcessError as error:
             self.problems.append(f"zone not installed: {(error.stderr or '').strip()[-200:]}")
@@ -579,7 +580,7 @@ class ClockChange:
         finally:
             for host, zone in self.original.items():
                 result = lab.run(host, f"sed -i 's|^timezone=.*|timezone={zone}|' "
-                                 f"{lab.fleet.SETTINGS} && systemctl restart {STREAM_UNIT} && "
+                                 f"{SETTINGS} && systemctl restart {STREAM_UNIT} && "
                                  f"rm -f {shlex.quote(ZONEINFO + '/' + self.name)}", check=False)
                 if result.returncode != 0:
                     self.problems.append(f"{host} not given back {zone}: {_tail(result)}")

@@ -25,7 +25,6 @@ down at the end unless `--keep`. Root only (nspawn).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
@@ -34,15 +33,18 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from tests.faults import measure
 from tests.faults.scenarios import STREAM_UNIT, Lab, Scenario, all_scenarios
+from tests.lab import nspawn
+from tests.lab.fleet import Lab as FleetLab
+from tests.lab.fleet import build_wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
 REPORT = REPO / "docs" / "RELIABILITY.md"
@@ -79,18 +81,16 @@ class LabRun:
     hosts: int
 
 
-def load_fleet() -> ModuleType:
-    """tests.lab.fleet with this suite's own lab name and inventory (read at import time)."""
-    os.environ.setdefault("COLLECTOR_LAB_NAME", LAB_NAME)
+def load_fleet(environ: Mapping[str, str] = os.environ) -> FleetLab:
+    """The environment's lab (`FleetLab.from_env`) with this suite's own defaults: its own
+    lab name and an inventory in its lab's folder."""
+    env = dict(environ)
+    env.setdefault("COLLECTOR_LAB_NAME", LAB_NAME)
     # The sampled stream's real average rate, so "under load" means what it says.
-    os.environ.setdefault("COLLECTOR_LAB_RATE", "60")
-    os.environ.setdefault("COLLECTOR_LAB_INVENTORY",
-                          str(lab_cache() / os.environ["COLLECTOR_LAB_NAME"] / "inventory"))
-    return importlib.import_module("tests.lab.fleet")
-
-
-def lab_cache() -> Path:
-    return Path(os.environ.get("COLLECTOR_LAB_CACHE", "/var/tmp/collector-lab"))
+    env.setdefault("COLLECTOR_LAB_RATE", "60")
+    env.setdefault("COLLECTOR_LAB_INVENTORY",
+                   str(nspawn.cache_dir_from_env(env) / env["COLLECTOR_LAB_NAME"] / "inventory"))
+    return FleetLab.from_env(env)
 
 
 def commit() -> str:
@@ -139,7 +139,7 @@ def run_scenario(lab: Lab, scenario: Scenario) -> Window:
     hours = measure.hours_between(started, time.time(), zone or lab.zone or ZONE)
     if scenario.gapless:
         missed = measure.longest_unreceived_run(before, after)
-        seconds = missed / lab.fleet.FAKE_API_RATE
+        seconds = missed / lab.fleet.fake_api_rate
         notes.append(f"longest stretch no host received: {seconds:.1f} s ({missed} messages)")
         if missed:
             problems.append("the fleet stopped streaming")
@@ -197,13 +197,13 @@ def write_evidence(path: Path, windows: list[Window],
     print(f"evidence: {path}", flush=True)
 
 
-def run_lab(fleet: ModuleType, chosen: list[Scenario], run_at: str, reuse: bool,
+def run_lab(fleet: FleetLab, chosen: list[Scenario], run_at: str, reuse: bool,
             keep: bool) -> LabRun | None:
     """Boot (or reuse) one lab, run the scenarios in order, flush, count; None if the lab
     did not come up. The lab is brought down at the end unless `keep`."""
     hosts = max([2, *(scenario.hosts for scenario in chosen)])
     booted = reuse and fleet.load_state()["hosts"]
-    if not booted and fleet.up(hosts, 20, [fleet.nspawn.SUITE]) != 0:
+    if not booted and fleet.up(hosts, 20, [nspawn.SUITE]) != 0:
         return None
     try:
         lab = Lab(fleet, fleet.load_state(), fleet.main_of_inventory())
@@ -228,7 +228,7 @@ def run_lab(fleet: ModuleType, chosen: list[Scenario], run_at: str, reuse: bool,
                                 [counted[hour][1] for hour in window.hours],
                                 window.recovery_seconds, window.note, run_at)
                 for window in windows]
-        write_evidence(fleet.LAB_DIR / "faults-evidence.json", windows, counted)
+        write_evidence(fleet.lab_dir / "faults-evidence.json", windows, counted)
         if keep:  # a lab left running is a working one
             for host in lab.hosts:
                 lab.run(host, f"systemctl start {STREAM_UNIT} cron.service", check=False)
@@ -238,13 +238,15 @@ def run_lab(fleet: ModuleType, chosen: list[Scenario], run_at: str, reuse: bool,
             fleet.down()
 
 
-def start_other_lab(suffix: str, names: list[str], args: argparse.Namespace,
+def start_other_lab(fleet: FleetLab, suffix: str, names: list[str], args: argparse.Namespace,
                     results: Path) -> tuple[subprocess.Popen[str], threading.Thread]:
-    """This runner again, for the lab `<first lab>-<suffix>`, its output prefixed with the
-    lab's name."""
-    name = f"{os.environ['COLLECTOR_LAB_NAME']}-{suffix}"
+    """This runner again, for the lab `<first lab>-<suffix>` (the first lab's cache and rate),
+    its output prefixed with the lab's name."""
+    name = f"{fleet.name}-{suffix}"
     env = dict(os.environ, COLLECTOR_LAB_NAME=name, COLLECTOR_LAB_PREBUILT="1",
-               COLLECTOR_LAB_INVENTORY=str(lab_cache() / name / "inventory"))
+               COLLECTOR_LAB_CACHE=str(fleet.cache_dir),
+               COLLECTOR_LAB_RATE=repr(fleet.fake_api_rate),
+               COLLECTOR_LAB_INVENTORY=str(fleet.cache_dir / name / "inventory"))
     command = [sys.executable, "-m", "tests.faults.run", "--one-lab", "--results", str(results),
                *(f"--scenario={scenario}" for scenario in names),
                *(["--reuse"] if args.reuse else []), *(["--keep"] if args.keep else [])]
@@ -308,12 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="faults-") as folder:
         if others:
             # Built once, before any lab boots: two builds at once collide.
-            fleet.nspawn.build_image()
-            fleet.build_wheelhouse()
-            os.environ["COLLECTOR_LAB_PREBUILT"] = "1"
+            nspawn.build_image(fleet.cache_dir, fleet.mirror)
+            build_wheelhouse()
+            fleet = replace(fleet, wheelhouse_prebuilt=True)
             for suffix, group in others.items():
                 results = Path(folder) / f"lab-{suffix}.json"
-                children.append((results, *start_other_lab(suffix, [s.name for s in group],
+                children.append((results, *start_other_lab(fleet, suffix,
+                                                           [s.name for s in group],
                                                            args, results)))
         try:
             mine = run_lab(fleet, labs[""], run_at, args.reuse, args.keep)
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.monotonic() - suite_started) / 60
     sizes = {suffix: run.hosts for suffix, run in zip(others, theirs, strict=True)
              if run is not None and run.hosts != mine.hosts}
-    write_report(scenarios, rows, mine.hosts, fleet.FAKE_API_RATE, run_at, minutes,
+    write_report(scenarios, rows, mine.hosts, fleet.fake_api_rate, run_at, minutes,
                  {suffix: [s.name for s in group] for suffix, group in others.items()}, sizes)
     return 1 if any(row.lost or row.duplicated or row.recovery_seconds is None or flag
                     for row, flag in pairs) else 0

@@ -25,9 +25,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from tests.lab import nspawn
+from tests.lab.fleet import COLLECTOR, SETTINGS, as_collector
+from tests.lab.fleet import Lab as FleetLab
 
 STREAM_UNIT = "collector.service"
 # Where the role puts the root-owned authorized_keys file that lets secondaries push.
@@ -68,7 +71,7 @@ def chunk_closed_after(names: Iterable[str], moment: float) -> bool:
 
 @dataclass
 class Lab:
-    """A running lab (its state file) and the helpers of `tests.lab.fleet` to act on it.
+    """A running lab (its state file) and its `tests.lab.fleet.Lab`, whose helpers act on it.
 
     The hosts' cron daemon is stopped for the whole suite (`stop_cron`): every `send`,
     `process` and `upload` is then one the suite runs, at a moment it chose, so no scenario
@@ -76,7 +79,7 @@ class Lab:
     (`hourly_cycle`), with the same commands, whenever an hour became due.
     """
 
-    fleet: ModuleType
+    fleet: FleetLab
     state: dict[str, Any]
     main: str
     # Why the fleet was last found not healthy (host: problems), for the row's note.
@@ -126,7 +129,7 @@ class Lab:
         (a scenario's own background upload, say) is run again once that one is done."""
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:
-            result = self.run(host, self.fleet.as_collector(subcommand), check=False)
+            result = self.run(host, as_collector(subcommand), check=False)
             self.last_run[(host, subcommand.split()[0])] = time.time()
             if (result.returncode == 0 or not LOCKED.search(result.stderr)
                     or time.monotonic() > deadline):
@@ -195,8 +198,8 @@ class Lab:
         return False
 
     def status(self, host: str) -> tuple[int, dict[str, Any]]:
-        result = self.run(host, f"{self.fleet.COLLECTOR} --settings {self.fleet.SETTINGS} "
-                          "status --json", check=False)
+        result = self.run(host, f"{COLLECTOR} --settings {SETTINGS} status --json",
+                          check=False)
         try:
             return result.returncode, dict(json.loads(result.stdout))
         except ValueError:
@@ -234,7 +237,7 @@ class Lab:
 
     def setting(self, host: str, key: str) -> str:
         """One value of the host's server_settings.txt (the file the role wrote)."""
-        return self.run(host, f"sed -n 's/^{key}=//p' {self.fleet.SETTINGS}").stdout.strip()
+        return self.run(host, f"sed -n 's/^{key}=//p' {SETTINGS}").stdout.strip()
 
     def stream_pid(self, host: str) -> str:
         """The stream service's main process on the host (as the host numbers it)."""
@@ -253,7 +256,6 @@ class Lab:
         """Cut the power: SIGKILL the host's init, which kills every process of the host at
         once (its PID namespace ends), nothing shut down cleanly; then its data disk loses
         what the kernel had not written back yet (`nspawn.cut_data_disk`)."""
-        nspawn = self.fleet.nspawn
         record = self.state["hosts"][host]
         pid = int(record["pid"])
         os.kill(self.init_pid(host), 9)
@@ -268,11 +270,10 @@ class Lab:
 
     def power_on(self, host: str) -> None:
         """Boot the host again from its own disk (what it had written survives)."""
-        nspawn = self.fleet.nspawn
         record = self.state["hosts"][host]
         record["pid"] = nspawn.boot(Path(record["root"]), host, Path(record["log"]))
         self.fleet.save_state(self.state)
-        nspawn.wait_until_up(nspawn.Host(**record), nspawn.controller_key())
+        nspawn.wait_until_up(nspawn.Host(**record), nspawn.controller_key(self.fleet.cache_dir))
 
     def destroy(self, host: str) -> None:
         """The host gone for good (`fleet.destroy`); what it received from the fake API stops
@@ -541,8 +542,8 @@ def _destroy_stream_sockets(lab: Lab) -> None:
             raise RuntimeError(f"{host}: no stream connection to port {port} found")
         for sport in sports:
             # From the machine: the hosts share its network but lack CAP_NET_ADMIN.
-            lab.fleet.nspawn.run(["ss", "-K", "state", "established", "dport", "=", f":{port}",
-                                  "sport", "=", f":{sport}"], stdout=subprocess.DEVNULL)
+            nspawn.run(["ss", "-K", "state", "established", "dport", "=", f":{port}",
+                        "sport", "=", f":{sport}"], stdout=subprocess.DEVNULL)
         time.sleep(3)
 
 
@@ -567,8 +568,8 @@ def _stop_main_sshd(lab: Lab) -> None:
             lab.send_all(expect_ok=False)
     finally:
         # The lab reaches its hosts over that sshd: start it again through the machine.
-        lab.fleet.nspawn.run(["nsenter", "-t", str(lab.init_pid(lab.main)), "-a",
-                              "systemctl", "start", "ssh.service"])
+        nspawn.run(["nsenter", "-t", str(lab.init_pid(lab.main)), "-a",
+                    "systemctl", "start", "ssh.service"])
 
 
 

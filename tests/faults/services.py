@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.scenarios import Lab, Scenario, Step
+from tests.lab import nspawn
+from tests.lab.fleet import OSF_PROJECT, as_collector, stop_process
 
 OSF_CYCLES = 3
 RESULT_FILE = "/var/tmp/faults-upload"  # on the main: `-<scenario>.log` and `.rc` of the
@@ -77,7 +79,7 @@ def osf_contents(lab: Lab) -> dict[str, str]:
     """sha256 of every file on the fake OSF, keyed `YYYY/MM/DD/name`, downloaded through the
     API listing's download links as a client would."""
     found: dict[str, str] = {}
-    pending = [f"http://127.0.0.1:{_osf_port(lab)}/v2/nodes/{lab.fleet.OSF_PROJECT}"
+    pending = [f"http://127.0.0.1:{_osf_port(lab)}/v2/nodes/{OSF_PROJECT}"
                "/files/osfstorage/"]
     while pending:
         url: str | None = pending.pop()
@@ -188,7 +190,7 @@ def _start_upload(lab: Lab, name: str) -> None:
     """The next upload cycle, in the background on the main; the runner meanwhile polls
     `collector status`, which stays degraded until an upload succeeds."""
     result = f"{RESULT_FILE}-{name}"
-    command = f"{lab.fleet.as_collector('upload')} > {result}.log 2>&1; echo $? > {result}.rc"
+    command = f"{as_collector('upload')} > {result}.log 2>&1; echo $? > {result}.rc"
     lab.run(lab.main, f"rm -f {result}.rc; setsid sh -c {shlex.quote(command)} "
                       "< /dev/null > /dev/null 2>&1 &")
 
@@ -235,11 +237,11 @@ def _osf_verify(name: str) -> Callable[[Lab], str]:
 def _osf_down(name: str) -> tuple[Step, Step]:
     def inject(lab: Lab) -> None:
         _osf_files_before[name] = osf_contents(lab)
-        lab.fleet.stop_process(lab.state, "fake_osf")
+        stop_process(lab.state, "fake_osf")
         _failing_cycles(lab)
 
     def recover(lab: Lab) -> None:
-        if lab.fleet.nspawn.pid_alive(int(lab.state["processes"]["fake_osf"]["pid"])):
+        if nspawn.pid_alive(int(lab.state["processes"]["fake_osf"]["pid"])):
             _problem(name, "the fake OSF was still running")  # the fault never happened
         lab.fleet.restart_process(lab.state, "fake_osf")
         try:
@@ -306,7 +308,7 @@ def _smtp_setup(lab: Lab) -> None:
 
 
 def _smtp_inject(lab: Lab) -> None:
-    lab.fleet.stop_process(lab.state, "smtp")
+    stop_process(lab.state, "smtp")
     lab.kill_stream(lab.main)
     deadline = time.monotonic() + 120
     while not any(CRASH_KIND in name for name in _outbox(lab)):

@@ -105,9 +105,10 @@ FLAVORS = ("system", "debian12")
 
 def image_dir() -> Path:
     """The lab's cached Debian 12 image (imported late: only these tests need the lab code)."""
+    from tests.lab.nspawn import cache_dir_from_env
     from tests.lab.nspawn import image_dir as lab_image_dir
 
-    return lab_image_dir()
+    return lab_image_dir(cache_dir_from_env())
 
 
 def debian12_missing() -> str | None:

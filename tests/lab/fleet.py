@@ -9,6 +9,11 @@ fleet of Debian 12 and 13).
     python -m tests.lab.fleet status
     python -m tests.lab.fleet down
 
+Which lab: `Lab.from_env` reads COLLECTOR_LAB_NAME (default `lab`), COLLECTOR_LAB_INVENTORY
+(default inventory/lab/), COLLECTOR_LAB_CACHE, COLLECTOR_LAB_RATE, COLLECTOR_LAB_MIRROR and
+COLLECTOR_LAB_PREBUILT when a command runs; nothing is read at import. The fault suite builds
+its own `Lab`s (tests/faults/run.py).
+
 `up` builds (or reuses) the cached image and the wheelhouse, starts the test doubles on this
 machine's loopback (fake API with one token per host, fake OSF, SMTP), boots the hosts, writes
 `inventory/lab/`, runs `playbooks/site.yml`, lets the fleet stream, then forces one cycle
@@ -29,7 +34,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,33 +43,11 @@ from tests.lab import nspawn
 from tools import wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
-# Two labs can live side by side (`make lab` and molecule): each has its own name and inventory.
-LAB_DIR = nspawn.CACHE_DIR / os.environ.get("COLLECTOR_LAB_NAME", "lab")
-STATE_FILE = LAB_DIR / "state.json"
-INVENTORY_DIR = Path(os.environ.get("COLLECTOR_LAB_INVENTORY", REPO / "inventory" / "lab"))
 WHEELHOUSE = wheelhouse.DEFAULT_OUT
 COLLECTOR = "/opt/collector/venv/bin/collector"
 SETTINGS = "/etc/collector/server_settings.txt"
 OSF_PROJECT = "lab01"
 SMTP_USER = "lab"
-# Messages per second the fake API streams (the real sampled stream averages about 60).
-FAKE_API_RATE = float(os.environ.get("COLLECTOR_LAB_RATE", "20"))
-
-
-# ---- state -----------------------------------------------------------------------------------
-
-def load_state() -> dict[str, Any]:
-    try:
-        return dict(json.loads(STATE_FILE.read_text()))
-    except FileNotFoundError:
-        return {"hosts": {}, "processes": {}}
-
-
-def save_state(state: dict[str, Any]) -> None:
-    LAB_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = STATE_FILE.with_name(STATE_FILE.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    tmp.replace(STATE_FILE)
 
 
 # ---- pieces ----------------------------------------------------------------------------------
@@ -83,138 +67,13 @@ def suites_for(count: int, suites: list[str]) -> list[str]:
     return [suites[index % len(suites)] for index in range(count)]
 
 
-def start_process(state: dict[str, Any], name: str, args: list[str], port: int = 0) -> int:
-    """Start one test double in its own session; record it before waiting for its port."""
-    LAB_DIR.mkdir(parents=True, exist_ok=True)
-    port_file = LAB_DIR / f"{name}.port"
-    port_file.unlink(missing_ok=True)
-    with open(LAB_DIR / f"{name}.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", *args, "--port", str(port),
-                                    "--port-file", str(port_file)],
-                                   cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    state["processes"][name] = {"pid": process.pid, "args": args}
-    save_state(state)
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not start; see {LAB_DIR / (name + '.log')}")
-        time.sleep(0.1)
-    port = int(port_file.read_text().strip())
-    state["processes"][name]["port"] = port
-    save_state(state)
-    return port
-
-
 def stop_process(state: dict[str, Any], name: str) -> None:
     """Stop one test double (SIGTERM, then SIGKILL); its port and arguments stay recorded."""
     nspawn.stop_pid(int(state["processes"][name]["pid"]), timeout=10)
 
 
-def restart_process(state: dict[str, Any], name: str) -> int:
-    """Start a stopped test double again on the port the hosts' settings point at."""
-    record = state["processes"][name]
-    port = int(record["port"])
-    start_process(state, name, list(record["args"]), port=port)
-    return port
-
-
 def host_names(count: int) -> list[str]:
     return [f"collector{i}" for i in range(1, count + 1)]
-
-
-def write_inventory(state: dict[str, Any], main: str, hosts: list[str] | None = None) -> None:
-    """inventory/lab/: hosts on their loopback ports, the doubles' addresses, one token each.
-
-    `hosts` is the fleet the inventory lists (default: every running host), `main` among
-    them; a destroyed host (`destroy`) may still be listed, at its old address, as an
-    operator's inventory still lists a host that just died. `state["inventory_vars"]` (set
-    by the fault suite, e.g. a lab time zone) is written over the lab's group variables."""
-    names = list(state["hosts"]) if hosts is None else list(hosts)
-    if main not in names:
-        raise ValueError(f"the main {main} is not among the inventory's hosts {names}")
-    known = {**state.get("gone", {}), **state["hosts"]}
-    ports = {name: state["processes"][name]["port"] for name in ("fake_api", "fake_osf", "smtp")}
-    lines = ["---", "# Written by `python -m tests.lab.fleet up`; the lab's own throw-away values.",
-             "collectors:", "  children:", "    main:", "      hosts:", f"        {main}:",
-             "    secondary:"]
-    secondaries = [f"        {name}:" for name in names if name != main]
-    lines += ["      hosts:", *secondaries] if secondaries else ["      hosts: {}"]
-    (INVENTORY_DIR / "group_vars").mkdir(parents=True, exist_ok=True)
-    (INVENTORY_DIR / "host_vars").mkdir(parents=True, exist_ok=True)
-    (INVENTORY_DIR / "hosts.yml").write_text("\n".join(lines) + "\n")
-    key = nspawn.controller_key()
-    group_vars = {
-        "ansible_host": "127.0.0.1",
-        "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(key),
-        # Lab hosts get new host keys on every boot: no prompts, nothing remembered.
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-        "ansible_python_interpreter": "/usr/bin/python3",
-        "collector_api_base_url": f"http://127.0.0.1:{ports['fake_api']}",
-        # The fake serves backfill as the Enterprise tier does: a restart of every host at
-        # once then loses nothing of what was in flight (tests/faults, kill9-all-hosts).
-        "collector_backfill_minutes": 2,
-        # Lab time is compressed: a stream with heartbeats but no tweet for 20 s is stalled.
-        "collector_stall_seconds": 20,
-        "collector_osf_enabled": True,
-        "collector_osf_project": OSF_PROJECT,
-        "collector_osf_base_url": f"http://127.0.0.1:{ports['fake_osf']}/v2/",
-        "collector_osf_token": state["osf_token"],
-        "collector_notifications": True,
-        "collector_email_server": "127.0.0.1",
-        "collector_email_port": ports["smtp"],
-        "collector_email_user": SMTP_USER,
-        "collector_email_password": state["smtp_password"],
-        "collector_email_fromaddr": "collector@lab.invalid",
-        "collector_email_toaddr": "team@lab.invalid",
-        "collector_email_starttls": False,
-        # Labs run side by side with the same host names: each hands a main over on its own.
-        "collector_handover_dir": str(LAB_DIR / "handover"),
-        # As on a host with node_exporter: collector.prom every minute (Molecule checks it).
-        "collector_metrics_textfile_dir": "/var/lib/prometheus/node-exporter",
-        **state.get("inventory_vars", {}),
-    }
-    (INVENTORY_DIR / "group_vars" / "all.yml").write_text(
-        "---\n# Written by the lab.\n" + "".join(
-            f"{key}: {json.dumps(value)}\n" for key, value in group_vars.items()))
-    for old in (INVENTORY_DIR / "host_vars").glob("*.yml"):
-        if old.stem not in names:
-            old.unlink()
-    for name in names:
-        (INVENTORY_DIR / "host_vars" / f"{name}.yml").write_text(
-            f"---\nansible_port: {known[name]['port']}\n"
-            f"collector_bearer_token: {json.dumps(state['tokens'][name])}\n")
-
-
-def inventory_hosts() -> list[str]:
-    """Every host the lab inventory lists (main first)."""
-    lines = (INVENTORY_DIR / "hosts.yml").read_text().splitlines()
-    return [line.strip().rstrip(":") for line in lines
-            if line.startswith("        ") and line.strip().endswith(":")]
-
-
-def ansible_playbook(playbook: str, *extra: str, log: Path | None = None) -> None:
-    """Run a playbook from the repo root (so ansible.cfg applies); fail on a non-zero exit."""
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PATH=f"{Path(sys.executable).parent}:"
-               + os.environ.get("PATH", ""))
-    command = [str(Path(sys.executable).parent / "ansible-playbook"),
-               "-i", str(INVENTORY_DIR), str(REPO / "playbooks" / playbook), *extra]
-    if log is None:
-        subprocess.run(command, check=True, cwd=REPO, env=env)
-        return
-    with open(log, "w") as out:
-        result = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise RuntimeError(f"{playbook} failed (rc {result.returncode}); see {log}")
-
-
-def on_host(state: dict[str, Any], name: str, command: str,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a shell command on a lab host as root."""
-    host = nspawn.Host(**state["hosts"][name])
-    return subprocess.run(host.ssh_command(nspawn.controller_key(), command), text=True,
-                          capture_output=True, check=check, timeout=600)
 
 
 def as_collector(subcommand: str) -> str:
@@ -241,214 +100,391 @@ def osf_files(port: int, token: str) -> list[str]:
     return sorted(found)
 
 
-# ---- the commands ----------------------------------------------------------------------------
+# ---- the lab ---------------------------------------------------------------------------------
 
-def up(count: int, seconds: float, suites: list[str]) -> int:
-    """The whole `make lab`: start, converge, stream, one forced cycle."""
-    if start(count, suites) != 0:
-        return 1
-    state = load_state()
-    converge_started = time.monotonic()
-    ansible_playbook("site.yml", log=LAB_DIR / "site.log")
-    print(f"site.yml converged in {time.monotonic() - converge_started:.0f} s "
-          f"(log {LAB_DIR / 'site.log'})", flush=True)
-    print(f"streaming for {seconds:.0f} s ...", flush=True)
-    time.sleep(seconds)
-    cycle(state, main_of_inventory())
-    return 0
+@dataclass(frozen=True)
+class Lab:
+    """One lab: its folder `cache_dir/name` (state file, logs, hosts), its inventory folder,
+    and what its test doubles and images are made with. Two labs can live side by side
+    (`make lab` and Molecule, the fault suite's labs): each has its own name and inventory."""
 
+    name: str
+    # The cache every lab shares: the images, the lab's SSH key, each lab's own folder.
+    cache_dir: Path
+    inventory_dir: Path
+    # Messages per second the fake API streams (the real sampled stream averages about 60).
+    fake_api_rate: float = 20.0
+    # Where debootstrap fetches an image's packages when the cache lacks that image.
+    mirror: str = nspawn.DEFAULT_MIRROR
+    # Another lab just built the wheelhouse: use it as it is when it is complete.
+    wheelhouse_prebuilt: bool = False
 
-def main_of_inventory() -> str:
-    """The host the lab inventory currently lists under `main`."""
-    lines = (INVENTORY_DIR / "hosts.yml").read_text().splitlines()
-    return lines[lines.index("    main:") + 2].strip().rstrip(":")
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Lab:
+        """The lab the environment names (`make lab`, Molecule): COLLECTOR_LAB_NAME,
+        COLLECTOR_LAB_CACHE, COLLECTOR_LAB_INVENTORY, COLLECTOR_LAB_RATE, COLLECTOR_LAB_MIRROR,
+        COLLECTOR_LAB_PREBUILT=1."""
+        return cls(name=environ.get("COLLECTOR_LAB_NAME", "lab"),
+                   cache_dir=nspawn.cache_dir_from_env(environ),
+                   inventory_dir=Path(environ.get("COLLECTOR_LAB_INVENTORY",
+                                                  REPO / "inventory" / "lab")),
+                   fake_api_rate=float(environ.get("COLLECTOR_LAB_RATE", "20")),
+                   mirror=nspawn.mirror_from_env(environ),
+                   wheelhouse_prebuilt=environ.get("COLLECTOR_LAB_PREBUILT") == "1")
 
+    @property
+    def lab_dir(self) -> Path:
+        return self.cache_dir / self.name
 
-def swap() -> int:
-    """Move the main to the next host (inventory edit) and re-run site.yml."""
-    state = load_state()
-    names = list(state["hosts"])
-    old = main_of_inventory()
-    new = names[(names.index(old) + 1) % len(names)]
-    write_inventory(state, new)
-    ansible_playbook("site.yml", log=LAB_DIR / "swap.log")
-    print(f"main moved from {old} to {new} (log {LAB_DIR / 'swap.log'})")
-    return 0
+    @property
+    def state_file(self) -> Path:
+        return self.lab_dir / "state.json"
 
+    # ---- state -----------------------------------------------------------------------------------
 
-def destroy(state: dict[str, Any], name: str) -> None:
-    """The host gone for good (`nspawn.destroy_host`: killed at once, data disk and root
-    deleted). It leaves the running hosts; its address and token stay known (`state["gone"]`)
-    so an inventory can still list it, and `recreate` can bring the same hardware back."""
-    record = state["hosts"][name]
-    nspawn.destroy_host(nspawn.Host(**record))
-    del state["hosts"][name]
-    state.setdefault("gone", {})[name] = {"port": record["port"], "destroyed_at": time.time(),
-                                          "suite": record.get("suite", nspawn.SUITE)}
-    save_state(state)
+    def load_state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_file.read_text()))
+        except FileNotFoundError:
+            return {"hosts": {}, "processes": {}}
 
+    def save_state(self, state: dict[str, Any]) -> None:
+        self.lab_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        tmp.replace(self.state_file)
 
-def recreate(state: dict[str, Any], name: str) -> nspawn.Host:
-    """A destroyed host's hardware back with an empty disk: a fresh root from the image (new
-    host keys, no collector) and a fresh data disk, under the same name, on its old address
-    when that port is still free. Not in the inventory until the caller writes it."""
-    gone = state.get("gone", {}).get(name)
-    if gone is None or name in state["hosts"]:
-        raise ValueError(f"{name} is not a destroyed host of this lab")
-    port = int(gone["port"]) if nspawn.port_free(int(gone["port"])) else nspawn.free_port()
-    key = nspawn.controller_key()
-    host = nspawn.start_host(name, LAB_DIR / "hosts", key, str(gone.get("suite", nspawn.SUITE)),
-                             port=port)
-    state["hosts"][name] = asdict(host)
-    del state["gone"][name]
-    save_state(state)  # recorded before waiting: a failed boot is still stopped by `down`
-    nspawn.wait_until_up(host, key)
-    return host
+    # ---- pieces ----------------------------------------------------------------------------------
 
+    def start_process(self, state: dict[str, Any], name: str, args: list[str],
+                      port: int = 0) -> int:
+        """Start one test double in its own session; record it before waiting for its port."""
+        self.lab_dir.mkdir(parents=True, exist_ok=True)
+        port_file = self.lab_dir / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        with open(self.lab_dir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", *args, "--port", str(port),
+                                        "--port-file", str(port_file)],
+                                       cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        state["processes"][name] = {"pid": process.pid, "args": args}
+        self.save_state(state)
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start; see {self.lab_dir / (name + '.log')}")
+            time.sleep(0.1)
+        port = int(port_file.read_text().strip())
+        state["processes"][name]["port"] = port
+        self.save_state(state)
+        return port
 
-def rotate() -> int:
-    """Put the next token of every host in the inventory and run rotate_api_keys.yml."""
-    state = load_state()
-    state["tokens"], state["next_tokens"] = state["next_tokens"], state["tokens"]
-    save_state(state)
-    write_inventory(state, main_of_inventory())
-    ansible_playbook("rotate_api_keys.yml", log=LAB_DIR / "rotate.log")
-    print(f"tokens rotated (log {LAB_DIR / 'rotate.log'})")
-    return 0
+    def restart_process(self, state: dict[str, Any], name: str) -> int:
+        """Start a stopped test double again on the port the hosts' settings point at."""
+        record = state["processes"][name]
+        port = int(record["port"])
+        self.start_process(state, name, list(record["args"]), port=port)
+        return port
 
+    def write_inventory(self, state: dict[str, Any], main: str,
+                        hosts: list[str] | None = None) -> None:
+        """inventory/lab/: hosts on their loopback ports, the doubles' addresses, one token each.
 
-def start(count: int, suites: list[str]) -> int:
-    """Images, wheelhouse, test doubles, hosts and inventory; no Ansible run yet."""
-    state = load_state()
-    if state["hosts"] or state["processes"]:
-        print("a lab is already recorded; run `make lab-down` first", file=sys.stderr)
-        return 1
-    started = time.monotonic()
-    host_suites = suites_for(count, suites)
-    for suite in sorted(set(host_suites)):
-        image = nspawn.build_image(suite=suite)
-        print(f"image {image} ready after {time.monotonic() - started:.0f} s", flush=True)
-    key = nspawn.controller_key()
-    # A lab booted beside another (the fault suite's second lab) uses the wheelhouse the
-    # first one just built: rebuilding it would pull it from under the other's site.yml.
-    prebuilt = wheelhouse.is_built(wheelhouse.default_targets(), WHEELHOUSE)
-    if os.environ.get("COLLECTOR_LAB_PREBUILT") != "1" or not prebuilt:
-        build_wheelhouse()
-    names = host_names(count)
-    # Two tokens per host: the one in use and the next one, for `rotate` (the fake API knows both).
-    state.update(tokens={name: f"lab-{name}-{secrets.token_hex(8)}" for name in names},
-                 next_tokens={name: f"lab-{name}-{secrets.token_hex(8)}" for name in names},
-                 osf_token=f"osf-{secrets.token_hex(8)}", smtp_password=secrets.token_hex(8),
-                 maildir=str(LAB_DIR / "mail"))
-    shutil.rmtree(LAB_DIR / "mail", ignore_errors=True)
-    (LAB_DIR / "fake_osf.json").unlink(missing_ok=True)  # a new lab's OSF starts empty
-    save_state(state)
-    start_process(state, "fake_api", ["tests.doubles.fake_api", "--tokens",
-                                      ",".join([*state["tokens"].values(),
-                                                *state["next_tokens"].values()]),
-                                      "--rate", str(FAKE_API_RATE)])
-    start_process(state, "fake_osf", ["tests.doubles.fake_osf", "--token", state["osf_token"],
-                                      "--project", OSF_PROJECT,
-                                      "--state-file", str(LAB_DIR / "fake_osf.json")])
-    start_process(state, "smtp", ["tests.doubles.smtp", "--user", SMTP_USER, "--password",
-                                  state["smtp_password"], "--maildir", state["maildir"]])
-    hosts_dir = LAB_DIR / "hosts"
-    booted = []
-    for name, suite in zip(names, host_suites, strict=True):
-        host = nspawn.start_host(name, hosts_dir, key, suite)
-        state["hosts"][name] = asdict(host)
-        save_state(state)
-        booted.append(host)
-    for host in booted:
-        nspawn.wait_until_up(host, key)
-    print(f"{count} hosts up after {time.monotonic() - started:.0f} s", flush=True)
-    write_inventory(state, names[0])
-    return 0
+        `hosts` is the fleet the inventory lists (default: every running host), `main` among
+        them; a destroyed host (`destroy`) may still be listed, at its old address, as an
+        operator's inventory still lists a host that just died. `state["inventory_vars"]` (set
+        by the fault suite, e.g. a lab time zone) is written over the lab's group variables."""
+        names = list(state["hosts"]) if hosts is None else list(hosts)
+        if main not in names:
+            raise ValueError(f"the main {main} is not among the inventory's hosts {names}")
+        known = {**state.get("gone", {}), **state["hosts"]}
+        ports = {name: state["processes"][name]["port"]
+                 for name in ("fake_api", "fake_osf", "smtp")}
+        lines = ["---",
+                 "# Written by `python -m tests.lab.fleet up`; the lab's own throw-away values.",
+                 "collectors:", "  children:", "    main:", "      hosts:", f"        {main}:",
+                 "    secondary:"]
+        secondaries = [f"        {name}:" for name in names if name != main]
+        lines += ["      hosts:", *secondaries] if secondaries else ["      hosts: {}"]
+        (self.inventory_dir / "group_vars").mkdir(parents=True, exist_ok=True)
+        (self.inventory_dir / "host_vars").mkdir(parents=True, exist_ok=True)
+        (self.inventory_dir / "hosts.yml").write_text("\n".join(lines) + "\n")
+        key = nspawn.controller_key(self.cache_dir)
+        group_vars = {
+            "ansible_host": "127.0.0.1",
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(key),
+            # Lab hosts get new host keys on every boot: no prompts, nothing remembered.
+            "ansible_ssh_common_args":
+                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "collector_api_base_url": f"http://127.0.0.1:{ports['fake_api']}",
+            # The fake serves backfill as the Enterprise tier does: a restart of every host at
+            # once then loses nothing of what was in flight (tests/faults, kill9-all-hosts).
+            "collector_backfill_minutes": 2,
+            # Lab time is compressed: a stream with heartbeats but no tweet for 20 s is stalled.
+            "collector_stall_seconds": 20,
+            "collector_osf_enabled": True,
+            "collector_osf_project": OSF_PROJECT,
+            "collector_osf_base_url": f"http://127.0.0.1:{ports['fake_osf']}/v2/",
+            "collector_osf_token": state["osf_token"],
+            "collector_notifications": True,
+            "collector_email_server": "127.0.0.1",
+            "collector_email_port": ports["smtp"],
+            "collector_email_user": SMTP_USER,
+            "collector_email_password": state["smtp_password"],
+            "collector_email_fromaddr": "collector@lab.invalid",
+            "collector_email_toaddr": "team@lab.invalid",
+            "collector_email_starttls": False,
+            # Labs run side by side with the same host names: each hands a main over on its own.
+            "collector_handover_dir": str(self.lab_dir / "handover"),
+            # As on a host with node_exporter: collector.prom every minute (Molecule checks it).
+            "collector_metrics_textfile_dir": "/var/lib/prometheus/node-exporter",
+            **state.get("inventory_vars", {}),
+        }
+        (self.inventory_dir / "group_vars" / "all.yml").write_text(
+            "---\n# Written by the lab.\n" + "".join(
+                f"{key}: {json.dumps(value)}\n" for key, value in group_vars.items()))
+        for old in (self.inventory_dir / "host_vars").glob("*.yml"):
+            if old.stem not in names:
+                old.unlink()
+        for name in names:
+            (self.inventory_dir / "host_vars" / f"{name}.yml").write_text(
+                f"---\nansible_port: {known[name]['port']}\n"
+                f"collector_bearer_token: {json.dumps(state['tokens'][name])}\n")
 
+    def inventory_hosts(self) -> list[str]:
+        """Every host the lab inventory lists (main first)."""
+        lines = (self.inventory_dir / "hosts.yml").read_text().splitlines()
+        return [line.strip().rstrip(":") for line in lines
+                if line.startswith("        ") and line.strip().endswith(":")]
 
-def cycle(state: dict[str, Any], main: str) -> None:
-    """One forced hour: push, process the current hour, upload, report; then the summary."""
-    for name in state["hosts"]:
-        if name != main:
-            result = on_host(state, name, as_collector("send"), check=False)
-            print(f"send on {name}: rc {result.returncode} {result.stderr.strip()[-200:]}")
-    # The hour as the collector sees it (Python's zoneinfo, with the tzdata wheel): `TZ=CET
-    # date` is UTC on Debian 13, whose tzdata moved CET to tzdata-legacy.
-    hour = on_host(state, main, f"{COLLECTOR.removesuffix('collector')}python -c "
-                   "\"import datetime, zoneinfo; print(datetime.datetime.now("
-                   "zoneinfo.ZoneInfo('CET')).strftime('%Y-%m-%dT%H'))\"").stdout.strip()
-    day = hour.split("T")[0]
-    for subcommand in (f"process --hour {hour} --force", "upload", f"report --day {day} --send"):
-        result = on_host(state, main, as_collector(subcommand),
-                         check=False)
-        print(f"{subcommand} on {main}: rc {result.returncode} {result.stderr.strip()[-300:]}")
-    summary(state, main, hour.split("T")[0])
+    def ansible_playbook(self, playbook: str, *extra: str, log: Path | None = None) -> None:
+        """Run a playbook from the repo root (so ansible.cfg applies); fail on a non-zero exit."""
+        env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PATH=f"{Path(sys.executable).parent}:"
+                   + os.environ.get("PATH", ""))
+        command = [str(Path(sys.executable).parent / "ansible-playbook"),
+                   "-i", str(self.inventory_dir), str(REPO / "playbooks" / playbook), *extra]
+        if log is None:
+            subprocess.run(command, check=True, cwd=REPO, env=env)
+            return
+        with open(log, "w") as out:
+            result = subprocess.run(command, cwd=REPO, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            raise RuntimeError(f"{playbook} failed (rc {result.returncode}); see {log}")
 
+    def on_host(self, state: dict[str, Any], name: str, command: str,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on a lab host as root."""
+        host = nspawn.Host(**state["hosts"][name])
+        return subprocess.run(host.ssh_command(nspawn.controller_key(self.cache_dir), command),
+                              text=True, capture_output=True, check=check, timeout=600)
 
-def installed_target(state: dict[str, Any], name: str) -> str:
-    """The wheelhouse target the host's venv runs (its Python and CPU), e.g. cp313-x86_64."""
-    result = on_host(state, name, "/opt/collector/venv/bin/python -c "
-                     "\"import platform, sys; print('cp%d%d-%s' % (*sys.version_info[:2], "
-                     "platform.machine()))\"", check=False)
-    return result.stdout.strip() or "?"
+    # ---- the commands ----------------------------------------------------------------------------
 
+    def up(self, count: int, seconds: float, suites: list[str]) -> int:
+        """The whole `make lab`: start, converge, stream, one forced cycle."""
+        if self.start(count, suites) != 0:
+            return 1
+        state = self.load_state()
+        converge_started = time.monotonic()
+        self.ansible_playbook("site.yml", log=self.lab_dir / "site.log")
+        print(f"site.yml converged in {time.monotonic() - converge_started:.0f} s "
+              f"(log {self.lab_dir / 'site.log'})", flush=True)
+        print(f"streaming for {seconds:.0f} s ...", flush=True)
+        time.sleep(seconds)
+        self.cycle(state, self.main_of_inventory())
+        return 0
 
-def summary(state: dict[str, Any], main: str, day: str) -> None:
-    print("\n== lab summary ==")
-    for name in state["hosts"]:
-        result = on_host(state, name, f"{COLLECTOR} --settings {SETTINGS} status --json",
-                         check=False)
-        with contextlib.suppress(ValueError):
-            status = json.loads(result.stdout)
-            stream = status.get("stream", {})
-            print(f"{name:12} {status.get('role'):9} {status.get('verdict'):8} "
-                  f"{state['hosts'][name].get('suite', nspawn.SUITE):9} "
-                  f"{installed_target(state, name):14} "
-                  f"tweets={stream.get('tweets')} connected={stream.get('connected')}")
-    report = on_host(state, main, f"tail -n 2 /srv/collector/vault/{day}/{day}_report.txt",
-                     check=False)
-    print("report:\n" + (report.stdout.strip() or f"(none) {report.stderr.strip()}"))
-    try:
-        files = osf_files(state["processes"]["fake_osf"]["port"], state["osf_token"])
-        print(f"files on the fake OSF ({len(files)}): " + ", ".join(files))
-    except OSError as error:
-        print(f"fake OSF not readable: {error}")
-    mails = sorted(Path(state["maildir"]).glob("*.eml")) if state.get("maildir") else []
-    print(f"mails received: {len(mails)}")
+    def main_of_inventory(self) -> str:
+        """The host the lab inventory currently lists under `main`."""
+        lines = (self.inventory_dir / "hosts.yml").read_text().splitlines()
+        return lines[lines.index("    main:") + 2].strip().rstrip(":")
 
+    def swap(self) -> int:
+        """Move the main to the next host (inventory edit) and re-run site.yml."""
+        state = self.load_state()
+        names = list(state["hosts"])
+        old = self.main_of_inventory()
+        new = names[(names.index(old) + 1) % len(names)]
+        self.write_inventory(state, new)
+        self.ansible_playbook("site.yml", log=self.lab_dir / "swap.log")
+        print(f"main moved from {old} to {new} (log {self.lab_dir / 'swap.log'})")
+        return 0
 
-def status() -> int:
-    state = load_state()
-    for name, record in state["processes"].items():
-        alive = nspawn.pid_alive(int(record["pid"]))
-        print(f"{name:10} pid {record['pid']} port {record.get('port')} "
-              f"{'running' if alive else 'gone'}")
-    for name, host in state["hosts"].items():
-        alive = nspawn.pid_alive(int(host["pid"]))
-        print(f"{name:10} pid {host['pid']} ssh 127.0.0.1:{host['port']} "
-              f"{'running' if alive else 'gone'}")
-    return 0
-
-
-def down() -> int:
-    """Stop every host and process the state file records, then forget them."""
-    state = load_state()
-    for name, record in list(state["hosts"].items()):
-        nspawn.stop_host(nspawn.Host(**record))
+    def destroy(self, state: dict[str, Any], name: str) -> None:
+        """The host gone for good (`nspawn.destroy_host`: killed at once, data disk and root
+        deleted). It leaves the running hosts; its address and token stay known (`state["gone"]`)
+        so an inventory can still list it, and `recreate` can bring the same hardware back."""
+        record = state["hosts"][name]
+        nspawn.destroy_host(nspawn.Host(**record))
         del state["hosts"][name]
-        save_state(state)
-        print(f"stopped host {name}")
-    for name, record in list(state["processes"].items()):
-        nspawn.stop_pid(int(record["pid"]), timeout=10)
-        del state["processes"][name]
-        save_state(state)
-        print(f"stopped {name}")
-    STATE_FILE.unlink(missing_ok=True)
-    # The generated inventory points at hosts that no longer exist (and holds lab tokens).
-    for generated in [INVENTORY_DIR / "hosts.yml", INVENTORY_DIR / "group_vars" / "all.yml",
-                      *(INVENTORY_DIR / "host_vars").glob("*.yml")]:
-        generated.unlink(missing_ok=True)
-    return 0
+        state.setdefault("gone", {})[name] = {"port": record["port"], "destroyed_at": time.time(),
+                                              "suite": record.get("suite", nspawn.SUITE)}
+        self.save_state(state)
+
+    def recreate(self, state: dict[str, Any], name: str) -> nspawn.Host:
+        """A destroyed host's hardware back with an empty disk: a fresh root from the image (new
+        host keys, no collector) and a fresh data disk, under the same name, on its old address
+        when that port is still free. Not in the inventory until the caller writes it."""
+        gone = state.get("gone", {}).get(name)
+        if gone is None or name in state["hosts"]:
+            raise ValueError(f"{name} is not a destroyed host of this lab")
+        port = int(gone["port"]) if nspawn.port_free(int(gone["port"])) else nspawn.free_port()
+        key = nspawn.controller_key(self.cache_dir)
+        host = nspawn.start_host(name, self.lab_dir / "hosts", key,
+                                 str(gone.get("suite", nspawn.SUITE)), port=port,
+                                 cache=self.cache_dir, mirror=self.mirror)
+        state["hosts"][name] = asdict(host)
+        del state["gone"][name]
+        self.save_state(state)  # recorded before waiting: a failed boot is still stopped by `down`
+        nspawn.wait_until_up(host, key)
+        return host
+
+    def rotate(self) -> int:
+        """Put the next token of every host in the inventory and run rotate_api_keys.yml."""
+        state = self.load_state()
+        state["tokens"], state["next_tokens"] = state["next_tokens"], state["tokens"]
+        self.save_state(state)
+        self.write_inventory(state, self.main_of_inventory())
+        self.ansible_playbook("rotate_api_keys.yml", log=self.lab_dir / "rotate.log")
+        print(f"tokens rotated (log {self.lab_dir / 'rotate.log'})")
+        return 0
+
+    def start(self, count: int, suites: list[str]) -> int:
+        """Images, wheelhouse, test doubles, hosts and inventory; no Ansible run yet."""
+        state = self.load_state()
+        if state["hosts"] or state["processes"]:
+            print("a lab is already recorded; run `make lab-down` first", file=sys.stderr)
+            return 1
+        started = time.monotonic()
+        host_suites = suites_for(count, suites)
+        for suite in sorted(set(host_suites)):
+            image = nspawn.build_image(self.cache_dir, self.mirror, suite=suite)
+            print(f"image {image} ready after {time.monotonic() - started:.0f} s", flush=True)
+        key = nspawn.controller_key(self.cache_dir)
+        # A lab booted beside another (the fault suite's second lab) uses the wheelhouse the
+        # first one just built: rebuilding it would pull it from under the other's site.yml.
+        prebuilt = wheelhouse.is_built(wheelhouse.default_targets(), WHEELHOUSE)
+        if not self.wheelhouse_prebuilt or not prebuilt:
+            build_wheelhouse()
+        names = host_names(count)
+        # Two tokens per host: the one in use and the next one, for `rotate` (the fake API
+        # knows both).
+        state.update(tokens={name: f"lab-{name}-{secrets.token_hex(8)}" for name in names},
+                     next_tokens={name: f"lab-{name}-{secrets.token_hex(8)}" for name in names},
+                     osf_token=f"osf-{secrets.token_hex(8)}", smtp_password=secrets.token_hex(8),
+                     maildir=str(self.lab_dir / "mail"))
+        shutil.rmtree(self.lab_dir / "mail", ignore_errors=True)
+        (self.lab_dir / "fake_osf.json").unlink(missing_ok=True)  # a new lab's OSF starts empty
+        self.save_state(state)
+        self.start_process(state, "fake_api", ["tests.doubles.fake_api", "--tokens",
+                                               ",".join([*state["tokens"].values(),
+                                                         *state["next_tokens"].values()]),
+                                               "--rate", str(self.fake_api_rate)])
+        self.start_process(state, "fake_osf", ["tests.doubles.fake_osf", "--token",
+                                               state["osf_token"], "--project", OSF_PROJECT,
+                                               "--state-file", str(self.lab_dir / "fake_osf.json")])
+        self.start_process(state, "smtp", ["tests.doubles.smtp", "--user", SMTP_USER,
+                                           "--password", state["smtp_password"],
+                                           "--maildir", state["maildir"]])
+        hosts_dir = self.lab_dir / "hosts"
+        booted = []
+        for name, suite in zip(names, host_suites, strict=True):
+            host = nspawn.start_host(name, hosts_dir, key, suite, cache=self.cache_dir,
+                                     mirror=self.mirror)
+            state["hosts"][name] = asdict(host)
+            self.save_state(state)
+            booted.append(host)
+        for host in booted:
+            nspawn.wait_until_up(host, key)
+        print(f"{count} hosts up after {time.monotonic() - started:.0f} s", flush=True)
+        self.write_inventory(state, names[0])
+        return 0
+
+    def cycle(self, state: dict[str, Any], main: str) -> None:
+        """One forced hour: push, process the current hour, upload, report; then the summary."""
+        for name in state["hosts"]:
+            if name != main:
+                result = self.on_host(state, name, as_collector("send"), check=False)
+                print(f"send on {name}: rc {result.returncode} {result.stderr.strip()[-200:]}")
+        # The hour as the collector sees it (Python's zoneinfo, with the tzdata wheel): `TZ=CET
+        # date` is UTC on Debian 13, whose tzdata moved CET to tzdata-legacy.
+        hour = self.on_host(state, main, f"{COLLECTOR.removesuffix('collector')}python -c "
+                            "\"import datetime, zoneinfo; print(datetime.datetime.now("
+                            "zoneinfo.ZoneInfo('CET')).strftime('%Y-%m-%dT%H'))\"").stdout.strip()
+        day = hour.split("T")[0]
+        for subcommand in (f"process --hour {hour} --force", "upload",
+                           f"report --day {day} --send"):
+            result = self.on_host(state, main, as_collector(subcommand),
+                                  check=False)
+            print(f"{subcommand} on {main}: rc {result.returncode} {result.stderr.strip()[-300:]}")
+        self.summary(state, main, hour.split("T")[0])
+
+    def installed_target(self, state: dict[str, Any], name: str) -> str:
+        """The wheelhouse target the host's venv runs (its Python and CPU), e.g. cp313-x86_64."""
+        result = self.on_host(state, name, "/opt/collector/venv/bin/python -c "
+                              "\"import platform, sys; print('cp%d%d-%s' % "
+                              "(*sys.version_info[:2], platform.machine()))\"", check=False)
+        return result.stdout.strip() or "?"
+
+    def summary(self, state: dict[str, Any], main: str, day: str) -> None:
+        print("\n== lab summary ==")
+        for name in state["hosts"]:
+            result = self.on_host(state, name,
+                                  f"{COLLECTOR} --settings {SETTINGS} status --json", check=False)
+            with contextlib.suppress(ValueError):
+                status = json.loads(result.stdout)
+                stream = status.get("stream", {})
+                print(f"{name:12} {status.get('role'):9} {status.get('verdict'):8} "
+                      f"{state['hosts'][name].get('suite', nspawn.SUITE):9} "
+                      f"{self.installed_target(state, name):14} "
+                      f"tweets={stream.get('tweets')} connected={stream.get('connected')}")
+        report = self.on_host(state, main,
+                              f"tail -n 2 /srv/collector/vault/{day}/{day}_report.txt",
+                              check=False)
+        print("report:\n" + (report.stdout.strip() or f"(none) {report.stderr.strip()}"))
+        try:
+            files = osf_files(state["processes"]["fake_osf"]["port"], state["osf_token"])
+            print(f"files on the fake OSF ({len(files)}): " + ", ".join(files))
+        except OSError as error:
+            print(f"fake OSF not readable: {error}")
+        mails = sorted(Path(state["maildir"]).glob("*.eml")) if state.get("maildir") else []
+        print(f"mails received: {len(mails)}")
+
+    def status(self) -> int:
+        state = self.load_state()
+        for name, record in state["processes"].items():
+            alive = nspawn.pid_alive(int(record["pid"]))
+            print(f"{name:10} pid {record['pid']} port {record.get('port')} "
+                  f"{'running' if alive else 'gone'}")
+        for name, host in state["hosts"].items():
+            alive = nspawn.pid_alive(int(host["pid"]))
+            print(f"{name:10} pid {host['pid']} ssh 127.0.0.1:{host['port']} "
+                  f"{'running' if alive else 'gone'}")
+        return 0
+
+    def down(self) -> int:
+        """Stop every host and process the state file records, then forget them."""
+        state = self.load_state()
+        for name, record in list(state["hosts"].items()):
+            nspawn.stop_host(nspawn.Host(**record))
+            del state["hosts"][name]
+            self.save_state(state)
+            print(f"stopped host {name}")
+        for name, record in list(state["processes"].items()):
+            nspawn.stop_pid(int(record["pid"]), timeout=10)
+            del state["processes"][name]
+            self.save_state(state)
+            print(f"stopped {name}")
+        self.state_file.unlink(missing_ok=True)
+        # The generated inventory points at hosts that no longer exist (and holds lab tokens).
+        for generated in [self.inventory_dir / "hosts.yml",
+                          self.inventory_dir / "group_vars" / "all.yml",
+                          *(self.inventory_dir / "host_vars").glob("*.yml")]:
+            generated.unlink(missing_ok=True)
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -467,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     sub.add_parser("cycle", help="force one more cycle on a running lab")
     args = parser.parse_args(argv)
+    lab = Lab.from_env()
     if args.action in ("up", "start"):
         if args.hosts < 1:
             parser.error("--hosts must be at least 1")
@@ -476,12 +513,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             parser.error(str(error))
         if args.action == "up":
-            return up(args.hosts, args.seconds, suites)
-        return start(args.hosts, suites)
+            return lab.up(args.hosts, args.seconds, suites)
+        return lab.start(args.hosts, suites)
     if args.action == "cycle":
-        cycle(load_state(), main_of_inventory())
+        lab.cycle(lab.load_state(), lab.main_of_inventory())
         return 0
-    actions = {"status": status, "down": down, "swap": swap, "rotate": rotate}
+    actions = {"status": lab.status, "down": lab.down, "swap": lab.swap, "rotate": lab.rotate}
     return actions[args.action]()
 
 

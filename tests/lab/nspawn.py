@@ -5,9 +5,11 @@ real Debian without Docker. Hosts share this machine's network namespace; each o
 listens on its own free port of 127.0.0.1, and 127.0.0.1 inside a host is this machine's
 loopback, where the test doubles listen.
 
-The image is built once with debootstrap and cached under `CACHE_DIR`; each host boots from
-its own copy (`cp -a`, seconds) so hosts never share state. A host is stopped with SIGTERM to
-its nspawn process (nspawn turns it into an orderly poweroff), then SIGKILL if it hangs.
+The image is built once with debootstrap and cached in the lab's cache folder (`cache`, which
+callers pass: COLLECTOR_LAB_CACHE, else `DEFAULT_CACHE_DIR`, read by `cache_dir_from_env` when
+a command runs, never at import); each host boots from its own copy (`cp -a`, seconds) so
+hosts never share state. A host is stopped with SIGTERM to its nspawn process (nspawn turns
+it into an orderly poweroff), then SIGKILL if it hangs.
 
 Each host's data folders (`DATA_DIR`: chunks, incoming, vault, state) live on a disk of their
 own: an ext4 image, loop-mounted on this machine and bound into the host. So a power cut can
@@ -32,14 +34,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-CACHE_DIR = Path(os.environ.get("COLLECTOR_LAB_CACHE", "/var/tmp/collector-lab"))
+# Where images, the lab's SSH key and each lab's folder live unless COLLECTOR_LAB_CACHE says.
+DEFAULT_CACHE_DIR = Path("/var/tmp/collector-lab")
 # The default suite, and every suite a lab may mix (LAB_SUITES=bookworm,trixie).
 SUITE = "bookworm"
 SUITES = ("bookworm", "trixie")
-MIRROR = os.environ.get("COLLECTOR_LAB_MIRROR", "http://deb.debian.org/debian")
+# The Debian mirror debootstrap builds an image from unless COLLECTOR_LAB_MIRROR says.
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # What a minimal Debian server has, plus what Ansible needs on the target (python3-apt for
 # check mode, python3-packaging for the pip module); the role installs the rest itself.
 # unattended-upgrades too, which the role installs: a converge then needs no mirror (the
@@ -56,7 +61,17 @@ DATA_DIR = "/srv/collector"
 DATA_DISK_BYTES = 4 << 30
 
 
-def image_dir(cache: Path = CACHE_DIR, suite: str = SUITE) -> Path:
+def cache_dir_from_env(environ: Mapping[str, str] = os.environ) -> Path:
+    """The cache folder the environment names (COLLECTOR_LAB_CACHE), else the default."""
+    return Path(environ.get("COLLECTOR_LAB_CACHE", DEFAULT_CACHE_DIR))
+
+
+def mirror_from_env(environ: Mapping[str, str] = os.environ) -> str:
+    """The Debian mirror the environment names (COLLECTOR_LAB_MIRROR), else the default."""
+    return environ.get("COLLECTOR_LAB_MIRROR", DEFAULT_MIRROR)
+
+
+def image_dir(cache: Path, suite: str = SUITE) -> Path:
     return cache / f"image-{suite}-v{IMAGE_VERSION}"
 
 
@@ -65,7 +80,7 @@ def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str
     return subprocess.run(command, check=True, text=True, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
-def build_image(cache: Path = CACHE_DIR, suite: str = SUITE) -> Path:
+def build_image(cache: Path, mirror: str, suite: str = SUITE) -> Path:
     """The cached root file system of a suite; built with debootstrap when missing (~1-2 min).
 
     Built in a temporary folder and renamed at the end, so an interrupted build never leaves
@@ -79,7 +94,7 @@ def build_image(cache: Path = CACHE_DIR, suite: str = SUITE) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     work = cache / f"{final.name}.building"
     shutil.rmtree(work, ignore_errors=True)
-    run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", suite, str(work), MIRROR],
+    run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", suite, str(work), mirror],
         stdout=subprocess.DEVNULL)
     # A fresh machine-id per host (systemd creates one at first boot when the file is empty),
     # no host keys in the image (each host makes its own), no apt caches.
@@ -106,7 +121,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def controller_key(cache: Path = CACHE_DIR) -> Path:
+def controller_key(cache: Path) -> Path:
     """The lab's root SSH key into every host (made once, kept with the cache)."""
     key = cache / "id_ed25519"
     if not key.exists():
@@ -246,9 +261,10 @@ def wait_until_up(host: Host, key: Path, timeout: float = BOOT_TIMEOUT) -> None:
 
 
 def start_host(name: str, hosts_dir: Path, key: Path, suite: str = SUITE,
-               port: int | None = None) -> Host:
-    """Boot one host from a fresh copy of its suite's image (built when missing)."""
-    image = build_image(suite=suite)
+               port: int | None = None, *, cache: Path, mirror: str) -> Host:
+    """Boot one host from a fresh copy of its suite's image (built when missing, in `cache`
+    from `mirror`)."""
+    image = build_image(cache, mirror, suite=suite)
     port = port or free_port()
     root = hosts_dir / name
     prepare_root(image, root, name, port, key.with_name(key.name + ".pub").read_text())
@@ -365,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         one.add_argument("name")
         one.add_argument("--state", type=Path, required=True, help="JSON file of running hosts")
     args = parser.parse_args(argv)
+    cache, mirror = cache_dir_from_env(), mirror_from_env()
     if args.action == "image":
-        print(build_image())
+        print(build_image(cache, mirror))
         return 0
     args.state.parent.mkdir(parents=True, exist_ok=True)
     hosts = _load(args.state)
@@ -374,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.name in hosts and pid_alive(int(str(hosts[args.name]["pid"]))):
             print(json.dumps(hosts[args.name]))
             return 0
-        key = controller_key()
-        host = start_host(args.name, args.state.parent / "hosts", key)
+        key = controller_key(cache)
+        host = start_host(args.name, args.state.parent / "hosts", key, cache=cache, mirror=mirror)
         hosts[args.name] = asdict(host)
         _save(args.state, hosts)  # recorded before waiting: a failed boot is still stopped
         wait_until_up(host, key)

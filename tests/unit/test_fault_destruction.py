@@ -21,7 +21,8 @@ from tests.faults.destruction import Published, compare
 from tests.faults.hostfaults import compile_zone
 from tests.faults.run import by_lab
 from tests.faults.scenarios import all_scenarios, hourly_cron_commands
-from tests.lab import fleet, nspawn
+from tests.lab import nspawn
+from tests.lab.fleet import Lab
 
 NOW = datetime(2026, 12, 2, 18, 37, 20, tzinfo=UTC).timestamp()
 
@@ -223,9 +224,14 @@ def _state() -> dict[str, object]:
             "inventory_vars": {"collector_timezone": "Lab/Move1"}}
 
 
-def test_the_inventory_lists_the_chosen_fleet_with_its_main(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fleet, "INVENTORY_DIR", tmp_path)
+def _lab(tmp_path: Path) -> Lab:
+    """A lab whose cache (its SSH key) and inventory are in `tmp_path`."""
+    (tmp_path / "id_ed25519").write_text("a key")  # controller_key makes none then
+    return Lab("lab", cache_dir=tmp_path, inventory_dir=tmp_path)
+
+
+def test_the_inventory_lists_the_chosen_fleet_with_its_main(tmp_path: Path) -> None:
+    fleet = _lab(tmp_path)
     state = _state()
     (tmp_path / "host_vars").mkdir()
     (tmp_path / "host_vars" / "collector9.yml").write_text("stale")
@@ -247,17 +253,16 @@ def test_the_inventory_lists_the_chosen_fleet_with_its_main(
         fleet.write_inventory(state, "collector1", ["collector2"])
 
 
-def test_a_main_alone_has_an_empty_secondary_group(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fleet, "INVENTORY_DIR", tmp_path)
+def test_a_main_alone_has_an_empty_secondary_group(tmp_path: Path) -> None:
+    fleet = _lab(tmp_path)
     fleet.write_inventory(_state(), "collector2", ["collector2"])
     assert "      hosts: {}" in (tmp_path / "hosts.yml").read_text()
     assert fleet.inventory_hosts() == ["collector2"]
 
 
-def test_recreate_refuses_a_host_that_was_not_destroyed() -> None:
+def test_recreate_refuses_a_host_that_was_not_destroyed(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        fleet.recreate(_state(), "collector2")
+        _lab(tmp_path).recreate(_state(), "collector2")
 
 
 def test_a_port_someone_listens_on_is_not_free() -> None:
