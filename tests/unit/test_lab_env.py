@@ -1,9 +1,13 @@
 """Which lab the environment names: `tests.lab.fleet.Lab.from_env` (`make lab`, Molecule) and
 the fault suite's first lab (`tests.faults.run.load_fleet`) give the folders, names and rates
-the lab's modules once read from the environment at import time."""
+the lab's modules once read from the environment at import time, which none of them (nor any
+module of the fault suite) does any more."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.faults.run import load_fleet
@@ -45,3 +49,40 @@ def test_the_fault_suite_names_its_own_lab_with_its_inventory_in_the_labs_folder
     assert other.lab_dir == Path("/c/faults-b")
     assert other.inventory_dir == Path("/c/faults-b/inventory")
     assert load_fleet({"COLLECTOR_LAB_INVENTORY": "/i"}).inventory_dir == Path("/i")
+
+
+# Run in a fresh interpreter: every read of the environment by code of the lab or the fault
+# suite recorded (libraries that scan the whole environment, as tqdm does, are left out),
+# then every module of theirs imported.
+_IMPORT_ALL = """
+import importlib, os, sys
+ours, read = os.path.join(os.getcwd(), "tests", ""), set()
+getitem = os._Environ.__getitem__
+def recording(self, key):
+    frame = sys._getframe(1)
+    while frame.f_code.co_filename.startswith("<frozen") or frame.f_code.co_filename == os.__file__:
+        frame = frame.f_back
+    if frame.f_code.co_filename.startswith(ours):
+        read.add(key)
+    return getitem(self, key)
+os._Environ.__getitem__ = recording
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(" ".join(sorted(read)))
+"""
+LAB_MODULES = ("tests.lab.fleet", "tests.lab.nspawn", "tests.lab.local", "tests.faults.run",
+               "tests.faults.scenarios", "tests.faults.services", "tests.faults.hostfaults",
+               "tests.faults.boundaries", "tests.faults.destruction", "tests.faults.measure")
+
+
+def test_no_module_of_the_lab_or_the_fault_suite_reads_the_environment_when_imported() -> None:
+    """Which lab, how long a power cut lasts: read when a command runs, so a caller that
+    builds its own `Lab` never depends on what the environment held at import."""
+    env = {**os.environ, **{name: "1" for name in (
+        "COLLECTOR_LAB_NAME", "COLLECTOR_LAB_CACHE", "COLLECTOR_LAB_INVENTORY",
+        "COLLECTOR_LAB_RATE", "COLLECTOR_LAB_MIRROR", "COLLECTOR_LAB_PREBUILT", "LAB_HOSTS",
+        "LAB_SECONDS", "LAB_SUITES", "FAULTS_POWER_OFF_SECONDS")},
+        "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", _IMPORT_ALL, *LAB_MODULES], cwd=REPO,
+                            env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
