@@ -1,6 +1,6 @@
 """A fake OSF (API v2) and WaterButler (v1 upload links) on loopback, for tests and the lab.
 
-It follows research/osf.md section 2: what osfclient 0.0.5 sends and reads, the double-slash
+It follows what osfclient 0.0.5 sends and reads (read in its source), the double-slash
 URLs it builds, the 302 guid redirect, 10-item pages with `links.next`, `filter[name]`
 (icontains), WaterButler PUT semantics (201 new, 409 with the existing file's metadata, 200
 update, a new version only when the bytes change), Bearer-token checks (401 bad token, 403 on

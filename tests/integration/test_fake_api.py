@@ -160,7 +160,7 @@ def lines_of(chunks: list[tuple[float, bytes]]) -> list[bytes]:
 
 
 class RewriteAdapter(HTTPAdapter):
-    """Sends twarc's https://api.twitter.com requests to the fake (research/stream.md 6a)."""
+    """Sends twarc's https://api.twitter.com requests to the fake (the host rewritten)."""
 
     def __init__(self, base: str) -> None:
         super().__init__()

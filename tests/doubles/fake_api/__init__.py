@@ -1,7 +1,8 @@
 """A fake X API v2 sampled stream (`GET /2/tweets/sample/stream`) on loopback.
 
-It plays what research/stream.md sections 1 and 6 say the real endpoint does on the wire, so
-tests, the benchmark and the lab can run the real twarc/requests/urllib3 stack against it:
+It plays what the real endpoint does on the wire (X's API v2 documentation and captured
+responses), so tests, the benchmark and the lab can run the real twarc/requests/urllib3
+stack against it:
 
 * HTTP/1.1, `Transfer-Encoding: chunked`, `content-type: application/json` and
   `x-rate-limit-limit/-remaining/-reset` on 200 and 429; any Host header; keep-alive.

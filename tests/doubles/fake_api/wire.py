@@ -1,7 +1,7 @@
 """What the fake writes on the wire, byte for byte: the endpoint's path, HTTP/1.1 heads and
 chunks, and the bodies the real API sends (problem objects, disconnect errors, bad lines).
 
-These are the facts research/stream.md records about the real endpoint; keeping them apart
+These are the real endpoint's documented and observed bytes; keeping them apart
 from the code that decides *when* to send them lets tests compare against the same bytes.
 """
 
