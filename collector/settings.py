@@ -234,7 +234,7 @@ class Settings:
     def state_dir(self) -> Path:
         """Where commands keep their small state files (stream status, ledgers, failure
         counts, locks); the upload's ledger lives with the vault instead
-        (`collector.publish.osf.upload_state_dir`), since it describes what is published."""
+        (`collector.publish.ledger.upload_state_dir`), since it describes what is published."""
         return self.data_storage_dst / ".collector"
 
 

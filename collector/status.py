@@ -41,7 +41,7 @@ from collector.process import ledger as process_ledger
 from collector.process import plan as process_plan
 from collector.process import quarantine as process_quarantine
 from collector.process import scan as process_scan
-from collector.publish import osf
+from collector.publish import ledger as upload_ledger_file
 from collector.settings import Settings
 from collector.stream.health import STATUS_FILE, read_health
 from collector.transfer import replicate, retention, send
@@ -392,8 +392,9 @@ def main_part(status: HostStatus, settings: Settings, now: float) -> None:
     if not settings.osf_enabled:
         status.uploading = {"enabled": False}
         return
-    upload_ledger = osf.load_ledger(osf.upload_state_dir(vault) / osf.LEDGER_NAME,
-                                    osf.ledger_target(settings))
+    upload_ledger = upload_ledger_file.load_ledger(
+        upload_ledger_file.upload_state_dir(vault) / upload_ledger_file.LEDGER_NAME,
+        upload_ledger_file.ledger_target(settings))
     last_run = upload_ledger.last_run
     uploaded = newest_uploaded_hour(list(upload_ledger.files))
     status.uploading = {"enabled": True, "files_uploaded": len(upload_ledger.files),

@@ -12,7 +12,7 @@ import logging
 from collector.alerts.notify import deliver_queued_alerts
 from collector.commands import argument_type, settings_from_args
 from collector.layout import HourKey
-from collector.publish.osf import upload_to_osf
+from collector.publish.upload import upload_to_osf
 
 log = logging.getLogger("collector.upload")
 

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector.layout import (
-    HourKey,
-)
+from collector.layout import HourKey
 
 log = logging.getLogger("collector.process")
 

@@ -16,9 +16,7 @@ import orjson
 
 from collector.clock import utc_now_text
 from collector.fsutil import read_state, write_bytes_atomic
-from collector.layout import (
-    HourKey,
-)
+from collector.layout import HourKey
 from collector.process.fewer_ids import FewerIds
 from collector.process.scan import ChunkFile
 from collector.settings import Settings

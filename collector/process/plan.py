@@ -10,12 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from collector.layout import (
-    CHUNK_NAME,
-    HourKey,
-    hour_bounds,
-    hour_of,
-)
+from collector.layout import CHUNK_NAME, HourKey, hour_bounds, hour_of
 from collector.process.ledger import ProcessLedger
 from collector.process.scan import ChunkFile
 from collector.settings import Settings

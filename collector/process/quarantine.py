@@ -15,11 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from collector.errors import CollectorError
-from collector.layout import (
-    HourKey,
-    is_day_name,
-    is_hour_name,
-)
+from collector.layout import HourKey, is_day_name, is_hour_name
 from collector.process.scan import ServerFolder, shown
 from collector.report.day import update_report_cells
 from collector.settings import Settings

@@ -10,11 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from collector.errors import CollectorError
-from collector.layout import (
-    DEFAULT_MAX_CHUNK_MB,
-    MIB,
-    HourKey,
-)
+from collector.layout import DEFAULT_MAX_CHUNK_MB, MIB, HourKey
 from collector.process.parallel import (
     IndexJob,
     helper_result,

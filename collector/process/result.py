@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from collector.layout import (
-    HourKey,
-)
+from collector.layout import HourKey
 from collector.process.fewer_ids import FewerIds
 from collector.process.quarantine import QuarantinedEntry
 from collector.report.day import HourLine

@@ -6,10 +6,7 @@ import contextlib
 import logging
 from datetime import datetime, timedelta
 
-from collector.layout import (
-    HourKey,
-    hour_bounds,
-)
+from collector.layout import HourKey, hour_bounds
 from collector.process.ledger import ProcessLedger
 from collector.process.scan import ChunkFile
 from collector.settings import Settings

@@ -15,9 +15,7 @@ from typing import TextIO
 from collector.alerts import notify
 from collector.errors import CollectorError, DiskFullError, SettingsError
 from collector.fsutil import exclusive_lock
-from collector.layout import (
-    HourKey,
-)
+from collector.layout import HourKey
 from collector.process.fewer_ids import fewer_ids_alert
 from collector.process.ledger import LEDGER_NAME, ProcessLedger, unadopted_replica
 from collector.process.memory import tune_malloc

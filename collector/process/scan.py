@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector.errors import CollectorError
-from collector.layout import (
-    HourKey,
-)
+from collector.layout import HourKey
 from collector.settings import Settings
 from collector.sources import source_for
 from collector.tree import (

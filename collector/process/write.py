@@ -10,9 +10,7 @@ from pathlib import Path
 
 from collector.csvrows import blocks_of, header_line
 from collector.fsutil import remove_stale_temps
-from collector.layout import (
-    HourKey,
-)
+from collector.layout import HourKey
 from collector.process.compress import BLOCK_SIZE, CompressJob, compress_to_files
 from collector.process.fewer_ids import check_fewer_ids
 from collector.process.memory import release_free_memory

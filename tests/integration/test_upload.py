@@ -21,9 +21,12 @@ from pathlib import Path
 import osfclient.models.session
 import pytest
 
-import collector.publish.osf
+import collector.publish.upload
 from collector.cli import main as cli_main
-from collector.publish.osf import LEDGER_NAME, RetryPolicy, upload_to_osf
+from collector.errors import RemoteError
+from collector.publish.ledger import LEDGER_NAME
+from collector.publish.osf_api import RetryPolicy
+from collector.publish.upload import upload_to_osf
 from collector.settings import load_settings
 from tests.doubles.fake_osf import FakeOSF
 
@@ -40,7 +43,7 @@ def _fast_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     """Drop osfclient's 1 request/s sleep and shorten our retry back-off (not Retry-After)."""
     monkeypatch.setattr(osfclient.models.session, "time",
                         types.SimpleNamespace(time=time.time, sleep=lambda seconds: None))
-    monkeypatch.setattr(collector.publish.osf, "DEFAULT_RETRY",
+    monkeypatch.setattr(collector.publish.upload, "DEFAULT_RETRY",
                         RetryPolicy(attempts=3, backoff=(0.05, 0.1), max_retry_after=5.0))
 
 
@@ -414,7 +417,7 @@ def test_every_request_has_a_timeout(fake: FakeOSF, site: Site) -> None:
         fake.inject(path=path, query=query, count=3, delay=1.5)
         notifier = RecordingNotifier()
         started = time.monotonic()
-        with pytest.raises(collector.publish.osf.RemoteError, match=r"no answer from 127\.0\.0\.1"):
+        with pytest.raises(RemoteError, match=r"no answer from 127\.0\.0\.1"):
             upload_to_osf(settings, notifier=notifier, timeout=(1.0, 0.3))
         assert time.monotonic() - started < 4
         assert [kind for kind, _, _ in notifier.alerts] == ["upload_failing"]

@@ -25,7 +25,7 @@ from collector.process.quarantine import (
     quarantine_name,
 )
 from collector.process.scan import shown
-from collector.report.summary import day as daily_report
+from collector.report import day as daily_report
 from collector.sources.x import X_SOURCE
 from collector.tree import (
     Decision,

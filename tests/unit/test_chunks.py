@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from collector.stream import chunks
 from collector.stream.chunks import ChunkWriter, DiskFull, recover_part_files
-from collector.stream.run import chunks
 
 CET = ZoneInfo("CET")
 T0 = datetime(2026, 11, 27, 20, 9, 30, tzinfo=UTC).timestamp()  # 21:09:30 CET

@@ -17,7 +17,7 @@ from collector.process.fewer_ids import (
     fewer_ids_alert,
 )
 from collector.process.write import report_line, reported_servers
-from collector.report.summary import day as daily_report
+from collector.report import day as daily_report
 from collector.sources.x import X_SOURCE
 from collector.sources.x.merge import HourIndex
 

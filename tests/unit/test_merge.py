@@ -14,7 +14,7 @@ import pytest
 
 from collector.csvrows import blocks_of, csv_cell, csv_line, header_line
 from collector.lines import SKIP_NOT_JSON, SKIP_TORN, parse_json_line
-from collector.report.summary import day as daily_report
+from collector.report import day as daily_report
 from collector.sources import LineReader
 from collector.sources.x import X_SOURCE
 from collector.sources.x.merge import ENTRY, HourIndex

@@ -18,7 +18,8 @@ from collector import __version__, metrics, status
 from collector.cli import main
 from collector.layout import HourKey, hour_bounds, hour_of
 from collector.process.ledger import LEDGER_NAME
-from collector.publish import osf
+from collector.publish import files as osf_files
+from collector.publish import ledger as osf
 from collector.settings import Settings, load_settings
 from collector.status import HostStatus, Verdict
 from collector.stream.health import STATUS_FILE, HealthFile, StreamHealth
@@ -225,7 +226,7 @@ def test_the_file_parses_with_prometheus_client(write_settings: SettingsWriter, 
     uploaded = hour_of(datetime.now(UTC) - timedelta(hours=3), zone)
     ledger = settings.state_dir / LEDGER_NAME
     ledger.write_text(f'{{"version": 1, "hours": {{"{processed}": {{"chunks": {{}}}}}}}}')
-    remote = osf.remote_path(uploaded.day, f"{uploaded.file_prefix}_IDs.txt.xz")
+    remote = osf_files.remote_path(uploaded.day, f"{uploaded.file_prefix}_IDs.txt.xz")
     osf.save_ledger(tmp_path / "vault" / ".collector" / osf.LEDGER_NAME,
                     osf.UploadLedger(osf.ledger_target(settings), files={remote: {"size": 1}},
                                last_run={"at": "2026-11-27T10:00:00+00:00", "ok": True}))

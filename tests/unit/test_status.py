@@ -14,7 +14,7 @@ import pytest
 from collector import status
 from collector.cli import main
 from collector.layout import chunk_path
-from collector.publish import osf
+from collector.publish import ledger as osf
 from collector.settings import Settings, load_settings
 from collector.stream.health import STATUS_FILE, HealthFile, StreamHealth
 from collector.transfer import replicate, send

@@ -10,16 +10,9 @@ import pytest
 
 from collector.errors import CollectorError
 from collector.layout import HourKey
-from collector.publish.osf import (
-    RetryPolicy,
-    UploadLedger,
-    file_md5,
-    is_publishable,
-    load_ledger,
-    remote_path,
-    save_ledger,
-    select_files,
-)
+from collector.publish.files import file_md5, is_publishable, remote_path, select_files
+from collector.publish.ledger import UploadLedger, load_ledger, save_ledger
+from collector.publish.osf_api import RetryPolicy
 
 DAY = "2026-10-25"
 

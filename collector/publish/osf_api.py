@@ -1,29 +1,17 @@
-"""Publish each hour's tweet IDs and each day's report on OSF, at a constant cost per file.
+"""Talking to OSF: osfclient for discovery, then WaterButler directly, with timeouts and retries.
 
-osfclient 0.0.5 logs in and finds the project and its storage, but its own upload path walks
-the whole storage to update a file (over a thousand requests per year of archive), ignores
-403/429/507/5xx on file uploads and sets no timeouts (read in osfclient 0.0.5's source). So
-after discovery this module talks to OSF's file service (WaterButler) directly through
-osfclient's session, as WaterButler's API allows: one PUT creates a file; if it exists, the
-409 reply carries its md5 and update link, so an unchanged file costs one request and a
-changed one two.
-Folder links are cached in a local ledger, which also remembers what was uploaded, so an hour
-with nothing new makes no request at all.
-
-Only `YYYY-mm-dd_HH_IDs.txt.xz` and `YYYY-mm-dd_report.txt` are ever selected; tweets and
-users files hold tweet content and must never leave the server.
+Every request has a connect and a read timeout; 429 and 5xx answers and network errors are
+retried with backoff (`RetryPolicy`, honouring Retry-After up to a cap); any other failure is
+one `RemoteError` line that names what failed and never the token.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
@@ -31,22 +19,13 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from collector.alerts.notify import UPLOAD_FAILING, Notifier, alert_failure, make_notifier
-from collector.clock import utc_now_text
-from collector.errors import CollectorError, CredentialsError, RemoteError
-from collector.fsutil import exclusive_lock, read_state, write_bytes_atomic
-from collector.layout import HourKey
-from collector.settings import Settings, read_osf_token
+from collector.errors import CredentialsError, RemoteError
+from collector.publish.files import LocalFile
+from collector.publish.ledger import UploadLedger
 
 log = logging.getLogger("collector.upload")
-
-LEDGER_NAME = "osf_upload.json"
-LOCK_NAME = "upload.lock"
 # (connect, read): the read part also bounds how long OSF may take to answer a finished upload.
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 120.0)
-SAVE_EVERY = 50  # ledger writes during a long catch-up; always saved at the end too
-
-_DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _T = TypeVar("_T")
 
 
@@ -67,141 +46,6 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
-
-
-# ---- what to upload (pure except for reading the directory) -------------------------------
-
-
-@dataclass(frozen=True)
-class LocalFile:
-    """An output file that belongs on OSF, and where: `remote` is `YYYY/MM/DD/name`."""
-
-    path: Path
-    remote: str
-    size: int
-    mtime_ns: int
-
-
-def is_publishable(day: str, name: str) -> bool:
-    """True for an hour's IDs file or the day's report; never tweets, users or hidden files."""
-    escaped = re.escape(day)
-    return bool(re.fullmatch(rf"{escaped}_\d{{2}}b?_IDs\.txt\.xz", name)
-                or name == f"{day}_report.txt")
-
-
-def remote_path(day: str, name: str) -> str:
-    """`2026-01-02`, `x` -> `2026/01/02/x`: the folder layout on OSF."""
-    match = _DAY.match(day)
-    if match is None:
-        raise ValueError(f"{day!r} is not a day like 2026-01-02")
-    return f"{match[1]}/{match[2]}/{match[3]}/{name}"
-
-
-def _local_file(path: Path, day: str) -> LocalFile:
-    info = path.stat()
-    return LocalFile(path, remote_path(day, path.name), info.st_size, info.st_mtime_ns)
-
-
-def select_files(vault: Path, hour: HourKey | None = None) -> list[LocalFile]:
-    """Every publishable file under `vault`, or just one hour's IDs file and its day's report."""
-    if hour is not None:
-        day_dir = vault / hour.day
-        ids = day_dir / f"{hour.file_prefix}_IDs.txt.xz"
-        if not ids.is_file():
-            raise CollectorError(f"nothing to upload for {hour}: {ids} does not exist")
-        selected = [_local_file(ids, hour.day)]
-        report = day_dir / f"{hour.day}_report.txt"
-        if report.is_file():
-            selected.append(_local_file(report, hour.day))
-        return selected
-    if not vault.is_dir():
-        return []
-    selected = []
-    for day_dir in sorted(vault.iterdir()):
-        if not (_DAY.match(day_dir.name) and day_dir.is_dir()):
-            continue
-        for path in sorted(day_dir.iterdir()):
-            if is_publishable(day_dir.name, path.name) and path.is_file():
-                selected.append(_local_file(path, day_dir.name))
-    return selected
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ---- the local ledger ---------------------------------------------------------------------
-
-
-@dataclass
-class UploadLedger:
-    """What OSF is known to hold, and the cached WaterButler links of the day folders.
-
-    `target` (API base, project, storage) guards against a settings change: a ledger written
-    for another project is not trusted.
-    """
-
-    target: str
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    folders: dict[str, dict[str, str]] = field(default_factory=dict)
-    last_run: dict[str, Any] = field(default_factory=dict)
-    dirty: bool = field(default=False, compare=False)  # changed since loaded
-
-    def is_current(self, local: LocalFile) -> bool:
-        """Already uploaded with these bytes? Hashes only files whose size or mtime moved."""
-        known = self.files.get(local.remote)
-        if known is None or known.get("size") != local.size:
-            return False
-        if known.get("mtime_ns") == local.mtime_ns:
-            return True
-        if known.get("md5") == file_md5(local.path):
-            known["mtime_ns"] = local.mtime_ns  # touched but identical: hash it only once
-            self.dirty = True
-            return True
-        return False
-
-    def record(self, local: LocalFile, md5: str) -> None:
-        self.files[local.remote] = {"md5": md5, "size": local.size, "mtime_ns": local.mtime_ns,
-                                    "uploaded_at": utc_now_text()}
-
-
-def ledger_target(settings: Settings) -> str:
-    return f"{settings.osf_base_url}|{settings.osf_project}|{settings.osf_storage}"
-
-
-def upload_state_dir(vault: Path) -> Path:
-    """The upload's lock and ledger: in the vault (`<vault>/.collector/`), beside what they
-    describe, so a vault restored or moved keeps its record of what is on OSF."""
-    return vault / ".collector"
-
-
-def load_ledger(path: Path, target: str) -> UploadLedger:
-    # Losing the ledger costs one request per file on the next run, never a wrong upload.
-    raw = read_state(path, log, "every file is checked against OSF again")
-    if not isinstance(raw, dict) or raw.get("target") != target:
-        last_run = raw.get("last_run", {}) if isinstance(raw, dict) else {}
-        return UploadLedger(target, last_run=last_run)
-    return UploadLedger(target, dict(raw.get("files", {})), dict(raw.get("folders", {})),
-                        dict(raw.get("last_run", {})))
-
-
-def save_ledger(path: Path, ledger: UploadLedger) -> None:
-    """Write atomically (temp file, fsync, rename): a crash leaves the old or the new ledger."""
-    payload = json.dumps({"target": ledger.target, "files": ledger.files,
-                          "folders": ledger.folders, "last_run": ledger.last_run},
-                         indent=1, sort_keys=True).encode()
-    write_bytes_atomic(path, payload)
-
-
-@contextlib.contextmanager
-def upload_lock(state_dir: Path) -> Iterator[None]:
-    """One upload at a time: a slow run must not race the next hour's."""
-    with exclusive_lock(state_dir / LOCK_NAME, "another collector upload is running"):
-        yield
 
 
 # ---- talking to OSF -----------------------------------------------------------------------
@@ -513,97 +357,3 @@ def connect(base_url: str, project_id: str, storage_name: str, token: str,
     probe = OsfUploader(session, FolderLinks("", "", ""), UploadLedger(""), project_id, retry,
                         sleep)
     return session, probe._with_retries("discovery", discover)
-
-
-# ---- one run ------------------------------------------------------------------------------
-
-
-@dataclass
-class UploadResult:
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    already_done: int = 0  # known from the ledger, no request sent
-    pending: list[str] = field(default_factory=list)  # left for the next run after a failure
-    requests: int = 0  # HTTP requests answered (redirects count), for the log and the tests
-
-    def summary(self) -> str:
-        return (f"{len(self.created)} created, {len(self.updated)} updated, "
-                f"{len(self.unchanged)} unchanged on OSF, {self.already_done} already uploaded, "
-                f"{len(self.pending)} pending")
-
-
-def upload_to_osf(settings: Settings, hour: HourKey | None = None, *,
-                  notifier: Notifier | None = None,
-                  timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-                  retry: RetryPolicy | None = None,
-                  sleep: Callable[[float], None] = time.sleep) -> UploadResult:
-    """Upload every IDs file and day report OSF lacks or holds in an older version.
-
-    With `hour`, only that hour's IDs file and its day's report, and checked against OSF even
-    if the ledger says they are there (a cheap way to repair a file deleted on OSF).
-    Raises a `CollectorError` (after alerting) when anything failed; what failed stays pending.
-    """
-    result = UploadResult()
-    if not settings.osf_enabled:
-        log.info("OSF upload is disabled (osf_enabled=False); nothing to do")
-        return result
-    if not settings.is_main or settings.data_vault_dst is None:
-        raise CollectorError("upload runs on the main server only (role=main, data_vault_dst)")
-    retry = retry or DEFAULT_RETRY
-    state_dir = upload_state_dir(settings.data_vault_dst)
-    ledger_path = state_dir / LEDGER_NAME
-    with upload_lock(state_dir):
-        ledger = load_ledger(ledger_path, ledger_target(settings))
-        todo: list[tuple[LocalFile, str]] = []
-        for local in select_files(settings.data_vault_dst, hour):
-            if hour is None and ledger.is_current(local):
-                result.already_done += 1
-            else:
-                todo.append((local, file_md5(local.path)))
-        if not todo:
-            if ledger.dirty:
-                save_ledger(ledger_path, ledger)
-            log.info("nothing new to upload (%d files already on OSF)", result.already_done)
-            return result
-        result.pending = [local.remote for local, _ in todo]
-        try:
-            _upload_all(settings, ledger, todo, result, timeout, retry, sleep)
-        except CollectorError as error:
-            ledger.last_run = {"at": utc_now_text(), "ok": False, "error": str(error)}
-            save_ledger(ledger_path, ledger)
-            # No log line of our own: the CLI prints the error as the run's one line.
-            alert_failure(notifier or make_notifier(settings), UPLOAD_FAILING,
-                          f"OSF upload failing: {error}",
-                          f"{len(result.pending)} files stay pending and are retried on the "
-                          "next run.")
-            raise
-        ledger.last_run = {"at": utc_now_text(), "ok": True, "error": ""}
-        save_ledger(ledger_path, ledger)
-    log.info("upload done: %s (%d requests)", result.summary(), result.requests)
-    return result
-
-
-def _upload_all(settings: Settings, ledger: UploadLedger, todo: list[tuple[LocalFile, str]],
-                result: UploadResult, timeout: tuple[float, float], retry: RetryPolicy,
-                sleep: Callable[[float], None]) -> None:
-    token = read_osf_token(settings)
-
-    def count(response: requests.Response) -> None:
-        result.requests += 1
-
-    session, root = connect(settings.osf_base_url, settings.osf_project, settings.osf_storage,
-                            token, timeout, retry, sleep, on_response=count)
-    uploader = OsfUploader(session, root, ledger, settings.osf_project, retry, sleep)
-    state_path = upload_state_dir(settings.data_vault_dst or Path(".")) / LEDGER_NAME
-    try:
-        for done, (local, md5) in enumerate(todo, start=1):
-            outcome = uploader.upload(local, md5)
-            getattr(result, outcome).append(local.remote)
-            result.pending.remove(local.remote)
-            ledger.record(local, md5)
-            log.info("%s %s (%d/%d)", outcome, local.remote, done, len(todo))
-            if done % SAVE_EVERY == 0:
-                save_ledger(state_path, ledger)
-    finally:
-        session.close()
