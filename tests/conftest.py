@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 SettingsWriter = Callable[..., Path]
+# The bearer token `write_settings` puts in twitter_api.txt (the fake API accepts it).
+BEARER_TOKEN = "test-token-1"
 
 
 @pytest.fixture
@@ -21,7 +23,7 @@ def write_settings(tmp_path: Path) -> SettingsWriter:
         keys = tmp_path / "keys"
         keys.mkdir(exist_ok=True)
         token = keys / "twitter_api.txt"
-        token.write_text("bearer_token=test-token-1\n")
+        token.write_text(f"bearer_token={BEARER_TOKEN}\n")
         token.chmod(0o640)
         values: dict[str, str | None] = {
             "library_dst": "/usr/lib/python3/dist-packages",

@@ -35,6 +35,7 @@ import pytest
 
 import collector.transfer.receive
 from collector.transfer.send import authorized_keys_line
+from tests.integration.helpers import free_port
 
 SSHD = Path("/usr/sbin/sshd")
 RRSYNC = Path("/usr/bin/rrsync")
@@ -59,12 +60,6 @@ def generate_key(path: Path) -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name,
                     "-f", str(path)], check=True)
     return path.with_name(path.name + ".pub").read_text().strip()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def session_push_user() -> Iterator[str]:
@@ -118,6 +113,15 @@ def debian12_missing() -> str | None:
         if not (image / needed).exists():
             return f"no Debian 12 lab image at {image} (make lab builds it)"
     return None
+
+
+def rsync_flavor(request: pytest.FixtureRequest) -> str:
+    """The flavor a fixture is parametrized with ("system" unless asked), skipping the test
+    where that rsync cannot run."""
+    flavor = str(getattr(request, "param", "system"))
+    if flavor == "debian12" and (reason := debian12_missing()):
+        pytest.skip(reason)
+    return flavor
 
 
 def _install_debian12_rsync(folder: Path) -> tuple[Path, Path]:
@@ -320,3 +324,9 @@ class MainSshd:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def put_client_rsync_first(monkeypatch: pytest.MonkeyPatch, server: MainSshd) -> None:
+    """Make `collector send` / `replicate` (which run `rsync` from PATH) use `server`'s flavor."""
+    if server.client_path is not None:
+        monkeypatch.setenv("PATH", f"{server.client_path}:{os.environ['PATH']}")

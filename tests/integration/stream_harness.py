@@ -19,12 +19,14 @@ from typing import Any
 
 import orjson
 
+from tests.conftest import BEARER_TOKEN
 from tests.doubles.fake_api import FakeStreamAPI, Fault
 
-TOKEN = "test-token-1"
+TOKEN = BEARER_TOKEN  # what write_settings gives the collector, so the fake must accept it
 # Every process started here, so a test that fails half-way leaves none running.
 STARTED: list[subprocess.Popen[bytes]] = []
 BACKOFF_SCALE = "0.01"
+RATE = 100.0  # messages a second from the `api` fixture (conftest.py)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str,

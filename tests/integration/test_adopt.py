@@ -32,11 +32,11 @@ from collector.settings import Settings, load_settings
 from collector.sources.x import X_SOURCE
 from collector.transfer.adopt import AdoptResult, adopt
 from tests.doubles.samples import MessageFactory
+from tests.integration.helpers import REPO_ROOT, snapshot, vault
 from tests.integration.test_process import (
     CET,
     HOUR,
     HOUR_START,
-    REPO,
     assert_matches,
     fill_hour,
     hostile,
@@ -75,11 +75,6 @@ def replica(settings: Settings) -> Path:
     return settings.replica_dst
 
 
-def vault(settings: Settings) -> Path:
-    assert settings.data_vault_dst is not None
-    return settings.data_vault_dst
-
-
 def incoming(settings: Settings, server_id: str) -> Path:
     assert settings.incoming_dst is not None
     return settings.incoming_dst / server_id
@@ -107,17 +102,6 @@ def cet_chunk(root: Path, server_id: str, minute: int, data: bytes) -> Path:
 def lines(first: int, count: int = 3) -> bytes:
     factory = MessageFactory(base_time=HOUR_START)
     return b"".join(stream_line(factory.message(first + i), HOUR_START) for i in range(count))
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
-    """Every entry under `folder` (links not followed): mode, mtime and content checksum."""
-    found = {}
-    for path in sorted(folder.rglob("*")):
-        info = path.lstat()
-        digest = (hashlib.sha256(path.read_bytes()).hexdigest()
-                  if path.is_file() and not path.is_symlink() else "")
-        found[str(path.relative_to(folder))] = (info.st_mode, info.st_mtime_ns, digest)
-    return found
 
 
 def files_under(folder: Path) -> list[str]:
@@ -443,7 +427,7 @@ def test_a_full_disk_stops_in_one_line_and_leaves_the_replica(
 def test_the_cli_refuses_on_a_secondary_in_one_line(make_host: HostMaker) -> None:
     secondary = make_host("s", "srv3", "srv2,srv3", role="secondary")
     done = subprocess.run([sys.executable, "-m", "collector", "--settings",
-                           str(secondary.path), "adopt"], cwd=REPO, capture_output=True,
+                           str(secondary.path), "adopt"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

@@ -32,13 +32,13 @@ from tests.doubles.fake_api import (
     FaultError,
     expand_runs,
 )
+from tests.integration.helpers import REPO_ROOT
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 TWEET_FIELDS = "author_id,conversation_id,created_at,id,lang,text,referenced_tweets,source"
 USER_FIELDS = "created_at,id,location,name,protected,public_metrics,username,verified"
 QUERY = {"tweet.fields": TWEET_FIELDS, "user.fields": USER_FIELDS, "expansions": "author_id"}
@@ -651,7 +651,7 @@ def test_cli_prints_port_and_stops_on_sigterm(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.doubles.fake_api", "--port", "0", "--tokens", "tokA,tokB",
          "--rate", "50", "--heartbeat", "20", "--port-file", str(port_file)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert process.stdout is not None

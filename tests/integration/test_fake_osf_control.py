@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,10 +14,10 @@ from typing import Any
 import pytest
 
 from tests.doubles.fake_osf import FakeOSF
+from tests.integration.helpers import REPO_ROOT, wait_for_port_file
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "osf-control-token"
 
 
@@ -78,11 +77,7 @@ def test_state_file_keeps_files_across_a_restart_on_the_same_port(tmp_path: Path
             [sys.executable, "-m", "tests.doubles.fake_osf", "--token", TOKEN, "--project",
              "p1", "--port", str(port), "--port-file", str(port_file), "--state-file",
              str(state)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        return process, int(port_file.read_text())
+        return process, wait_for_port_file(process, port_file, timeout=30)
 
     process, port = start(0)
     try:

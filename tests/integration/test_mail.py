@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,47 +34,22 @@ from collector.alerts.rate import ALERT_STATE_FILE, AlertLedger
 from collector.alerts.smtp import CAFILE_ENV, MailCredentials, send_mail
 from collector.errors import DiskFullError
 from collector.settings import Settings, load_settings
-from tests.conftest import SettingsWriter
-from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
+from tests.conftest import BEARER_TOKEN, SettingsWriter
+from tests.doubles.smtp import SmtpDouble
+from tests.integration.helpers import (
+    REPO_ROOT,
+    SMTP_PASSWORD,
+    free_port,
+    smtp_double,
+    write_mail_credentials,
+)
 
 pytestmark = pytest.mark.integration
-
-SMTP_USER = "alerts@example.org"
-SMTP_PASSWORD = "Smtp-Pa55word-7f3a9c"
-BEARER_TOKEN = "test-token-1"  # what tests/conftest.py writes into twitter_api.txt
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(autouse=True)
 def trust_test_ca(monkeypatch: pytest.MonkeyPatch, tls_files: tuple[Path, Path]) -> None:
     monkeypatch.setenv(CAFILE_ENV, str(tls_files[0]))
-
-
-@pytest.fixture
-def smtp(tls_files: tuple[Path, Path], tmp_path: Path) -> Iterator[SmtpDouble]:
-    cert, key = tls_files
-    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key,
-                    maildir=tmp_path / "maildir") as server:
-        yield server
-
-
-def write_mail_credentials(folder: Path, port: int, password: str = SMTP_PASSWORD,
-                           starttls: str | None = None) -> Path:
-    folder.mkdir(exist_ok=True)
-    path = folder / "email_credentials.txt"
-    lines = ["server=127.0.0.1", f"port={port}", f"user={SMTP_USER}",
-             f"password={password}", "fromaddr=collector@example.org",
-             "toaddr=team@example.org, oncall@example.org"]
-    if starttls is not None:
-        lines.append(f"starttls={starttls}")
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def mail_settings(write_settings: SettingsWriter, tmp_path: Path, port: int,
@@ -85,13 +59,6 @@ def mail_settings(write_settings: SettingsWriter, tmp_path: Path, port: int,
     path = write_settings(notifications=str(notifications),
                           email_credentials_dst=str(tmp_path / "mailkeys"))
     return load_settings(path)
-
-
-def free_port() -> int:
-    """A port on which nothing listens (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def email_notifier_of(notifier: notify.Notifier) -> EmailNotifier:
@@ -234,8 +201,7 @@ def test_alert_raised_while_mail_is_down_arrives_once_it_is_back(
     assert BEARER_TOKEN not in stored and SMTP_PASSWORD not in stored  # redacted before stored
     assert deliver_queued_alerts(settings) == 1  # still down: still waiting
 
-    cert, key = tls_files
-    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key, port=port) as smtp:
+    with smtp_double(tls_files, port=port) as smtp:
         assert deliver_queued_alerts(settings) == 0
         [message] = smtp.wait_for(1)
         assert deliver_queued_alerts(settings) == 0
@@ -343,19 +309,6 @@ def test_alert_is_mailed_from_memory_when_the_outbox_cannot_be_written(
     assert "alert disk_full not queued (disk full while writing the outbox)" in caplog.text
 
 
-@pytest.fixture
-def cli_logging() -> Iterator[None]:
-    """`cli.main` points the root logger at this test's captured stderr; afterwards that
-    stream is closed, so its handler must not outlive the test (the SMTP double's thread
-    logs too)."""
-    cli.setup_logging(False)  # likewise not a closed stream some earlier test left behind
-    yield
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if type(handler) is logging.StreamHandler:  # basicConfig's, not pytest's own
-            root.removeHandler(handler)
-
-
 @pytest.mark.usefixtures("cli_logging")
 def test_upload_command_mails_the_queue(
         tls_files: tuple[Path, Path], write_settings: SettingsWriter, tmp_path: Path,
@@ -368,8 +321,7 @@ def test_upload_command_mails_the_queue(
                                             email_credentials_dst=str(tmp_path / "mailkeys")))
     EmailNotifier(settings, background=False).alert(notify.PROCESS_FAILING, "merge failed")
     assert len(Outbox(settings.state_dir)) == 1
-    cert, key = tls_files
-    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key, port=port) as smtp:
+    with smtp_double(tls_files, port=port) as smtp:
         assert cli.main(["--settings", str(settings.path), "upload"]) == 0
         [message] = smtp.wait_for(1)
     assert message["Subject"] == "[collector srv1] process_failing: merge failed"
@@ -391,8 +343,7 @@ def test_send_command_mails_the_queue_even_when_the_push_fails(
     chunk = settings.data_storage_dst / "2026-02-03" / "10" / "srv1_2026-02-03_10-00.jsonl"
     chunk.parent.mkdir(parents=True)
     chunk.write_text('{"data": {"id": "1"}}\n')
-    cert, key = tls_files
-    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key, port=port) as smtp:
+    with smtp_double(tls_files, port=port) as smtp:
         assert cli.main(["--settings", str(settings.path), "send"]) != 0
         [message] = smtp.wait_for(1)
     assert message["Subject"] == "[collector srv1] stream_crashed: killed"

@@ -39,12 +39,10 @@ from collector.process.run import process, process_lock
 from collector.settings import Settings, load_settings
 from collector.sources.x import X_SOURCE
 from tests.doubles.samples import MessageFactory
-from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
-from tests.integration.test_mail import SMTP_PASSWORD, SMTP_USER, write_mail_credentials
+from tests.integration.helpers import REPO_ROOT, smtp_double, write_mail_credentials
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 CET = ZoneInfo("CET")
 HOUR_START = datetime(2026, 2, 3, 9, 0, tzinfo=UTC)  # 2026-02-03T10 in CET
 HOUR = HourKey("2026-02-03", "10")
@@ -468,7 +466,7 @@ def test_sigkill_mid_run_leaves_no_half_file_and_the_rerun_completes(
     assert vault is not None
     folder = vault / HOUR.day
     child = subprocess.Popen(_cli(main_settings, "process", "--hour", str(HOUR), "--force"),
-                             cwd=REPO, stderr=subprocess.PIPE)
+                             cwd=REPO_ROOT, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and child.poll() is None:
         if folder.is_dir() and any(".tmp-" in p.name for p in folder.iterdir()):
@@ -482,7 +480,7 @@ def test_sigkill_mid_run_leaves_no_half_file_and_the_rerun_completes(
         if path.suffix == ".xz":
             lzma.decompress(path.read_bytes())
     done = subprocess.run(_cli(main_settings, "process", "--hour", str(HOUR), "--force"),
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
     assert_matches(vault, HOUR, folders(main_settings))
@@ -490,7 +488,7 @@ def test_sigkill_mid_run_leaves_no_half_file_and_the_rerun_completes(
 
 def test_cli_errors_are_one_line(main_settings: Settings) -> None:
     done = subprocess.run(_cli(main_settings, "process", "--hour", "2026-02-03T10"),
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
         "collector process: error: no closed chunks for hour 2026-02-03T10")
@@ -499,9 +497,9 @@ def test_cli_errors_are_one_line(main_settings: Settings) -> None:
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
                     reason="needs root to mount a tiny tmpfs")
 def test_a_failing_run_is_alerted_by_email_and_exits_non_zero(
-        tmp_path: Path, write_settings: Callable[..., Path]) -> None:
-    cert, key = make_self_signed_cert(tmp_path / "tls")
-    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key) as smtp:
+        tmp_path: Path, write_settings: Callable[..., Path],
+        tls_files: tuple[Path, Path]) -> None:
+    with smtp_double(tls_files) as smtp:
         write_mail_credentials(tmp_path / "mailkeys", smtp.port)
         settings = load_settings(write_settings(
             role="main", server_id="srv1", servers=",".join(SERVERS),
@@ -509,10 +507,10 @@ def test_a_failing_run_is_alerted_by_email_and_exits_non_zero(
             osf_enabled="False", main_host=None, main_user=None, notifications="True",
             email_credentials_dst=str(tmp_path / "mailkeys")))
         fill_hour(settings, tweets=60)
-        env = {**os.environ, CAFILE_ENV: str(cert)}
+        env = {**os.environ, CAFILE_ENV: str(tls_files[0])}
         # A run that cannot do its work: another one holds the lock.
         with process_lock(settings.state_dir):
-            done = subprocess.run(_cli(settings, "process"), cwd=REPO, env=env,
+            done = subprocess.run(_cli(settings, "process"), cwd=REPO_ROOT, env=env,
                                   capture_output=True, text=True, timeout=60)
         assert done.returncode == 1
         errors = [line for line in done.stderr.splitlines() if "error" in line]
@@ -571,7 +569,7 @@ def test_full_disk_is_a_clear_error_and_inputs_stay(tmp_path: Path,
         assert tree_bytes(chunks) == before
         leftovers = [p for p in (small / "vault").rglob("*") if p.is_file()]
         assert leftovers == []
-        done = subprocess.run(_cli(settings, "process", "--hour", str(HOUR)), cwd=REPO,
+        done = subprocess.run(_cli(settings, "process", "--hour", str(HOUR)), cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 1
         assert done.stderr.strip().splitlines()[-1].startswith(

@@ -11,7 +11,6 @@ one line and alerted once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import lzma
 import os
@@ -21,7 +20,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,13 +35,17 @@ from collector.process.run import process
 from collector.process.scan import Scan, ServerFolder, scan_folders
 from collector.settings import Settings, load_settings
 from tests.conftest import SettingsWriter
-from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
-from tests.integration.test_mail import SMTP_PASSWORD, SMTP_USER, write_mail_credentials
+from tests.integration.helpers import (
+    REPO_ROOT,
+    smtp_double,
+    snapshot,
+    vault,
+    write_mail_credentials,
+)
 from tests.integration.test_process import (
     HOUR,
     HOUR_START,
     LATER,
-    REPO,
     SERVERS,
     assert_matches,
     fill_hour,
@@ -90,11 +93,6 @@ def srv2(settings: Settings) -> Path:
     return settings.incoming_dst / "srv2"
 
 
-def vault(settings: Settings) -> Path:
-    assert settings.data_vault_dst is not None
-    return settings.data_vault_dst
-
-
 def published(settings: Settings) -> dict[str, bytes]:
     """Every file of the vault; the day reports without their `quarantined` column."""
     files = {}
@@ -116,16 +114,6 @@ def report_cells(settings: Settings, column: str) -> dict[str, str]:
             (vault(settings) / "2026-02-03" / "2026-02-03_report.txt").read_text().splitlines()]
     at = rows[0].index(column)
     return {row[0]: row[at] for row in rows[1:]}
-
-
-def listing(folder: Path) -> dict[str, tuple[int, int, str]]:
-    """Every entry under `folder` (links not followed): mode, mtime and content checksum."""
-    found = {}
-    for path in sorted(folder.rglob("*")):
-        info = path.lstat()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-        found[str(path.relative_to(folder))] = (info.st_mode, info.st_mtime_ns, digest)
-    return found
 
 
 def tweet_lines(first_id: int, count: int = 3) -> bytes:
@@ -283,7 +271,7 @@ def test_hostile_entry_is_quarantined_and_every_hour_published_as_without_it(
     case.plant(srv2(hostile), outside)
     planted = srv2(hostile) / case.relative
     planted_mode = stat.S_IFMT(planted.lstat().st_mode)
-    before_outside = listing(outside)
+    before_outside = snapshot(outside)
     baseline = process(clean, now=LATER)
     caplog.clear()
 
@@ -317,7 +305,7 @@ def test_hostile_entry_is_quarantined_and_every_hour_published_as_without_it(
         f"read: srv2 {case.relative} ({case.reason})"]
     assert "Traceback" not in caplog.text
     # Nothing outside the folder was read through it or changed.
-    assert listing(outside) == before_outside
+    assert snapshot(outside) == before_outside
     # Done once: the next run finds nothing to move, nothing to process, nothing to alert.
     caplog.clear()
     again = process(hostile, now=LATER + timedelta(minutes=5))
@@ -333,26 +321,14 @@ def test_a_fifo_does_not_block_the_cli_run_nor_hold_the_lock(make_site: SiteMake
     os.mkfifo(srv2(settings) / "2026-02-03" / "10" / HOSTILE_NAME)
     command = [sys.executable, "-m", "collector", "--settings", str(settings.path), "process"]
     started = time.monotonic()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 30
     assert "Traceback" not in done.stderr
     assert (vault(settings) / "2026-02-03" / "2026-02-03_10_IDs.txt.xz").exists()
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert "another collector process is running" not in again.stderr
-
-
-@pytest.fixture
-def cli_logging() -> Iterator[None]:
-    """`cli.main` points the root logger at the test's captured stderr; that handler must not
-    outlive the test, nor may one that an earlier test left on a closed stream."""
-    cli.setup_logging(False)
-    yield
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if type(handler) is logging.StreamHandler:  # basicConfig's, not pytest's own
-            root.removeHandler(handler)
 
 
 def _without_time(line: str) -> str:
@@ -565,10 +541,9 @@ def test_a_smaller_max_chunk_mb_quarantines_a_big_chunk(make_site: SiteMaker) ->
 @pytest.mark.timeout(120)
 def test_quarantine_is_mailed_at_most_once_an_hour(
         tmp_path: Path, make_site: SiteMaker, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    cert, key = make_self_signed_cert(tmp_path / "tls")
-    monkeypatch.setenv(CAFILE_ENV, str(cert))
-    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key) as smtp:
+        caplog: pytest.LogCaptureFixture, tls_files: tuple[Path, Path]) -> None:
+    monkeypatch.setenv(CAFILE_ENV, str(tls_files[0]))
+    with smtp_double(tls_files) as smtp:
         write_mail_credentials(tmp_path / "mailkeys", smtp.port)
         settings = make_site("mail", notifications="True",
                              email_credentials_dst=str(tmp_path / "mailkeys"))

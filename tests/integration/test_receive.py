@@ -33,17 +33,11 @@ from collector.settings import load_settings
 from collector.transfer import receive
 from collector.transfer.send import SendConflictError, send
 from tests.conftest import SettingsWriter
-from tests.integration.sshd_fixture import (
-    FLAVORS,
-    MainSshd,
-    Secondary,
-    debian12_missing,
-    session_push_user,
-)
+from tests.integration.helpers import REPO_ROOT
+from tests.integration.sshd_fixture import FLAVORS, MainSshd, Secondary, rsync_flavor
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_COLLECTOR = REPO_ROOT / ".venv" / "bin" / "collector"
 SERVER = "srv1"
 HOUR = datetime(2026, 12, 2, 5, 0, tzinfo=UTC)
@@ -205,16 +199,9 @@ def test_venv_entry_point_without_sshd_is_rrsyncs_own_refusal(folder: Path) -> N
 # ---- the real sshd, attacked with the secondary's real key -----------------------------------
 
 
-@pytest.fixture(scope="session")
-def push_user() -> Iterator[str]:
-    yield from session_push_user()
-
-
 @pytest.fixture(params=FLAVORS)
 def main_sshd(push_user: str, request: pytest.FixtureRequest) -> Iterator[MainSshd]:
-    if request.param == "debian12" and (reason := debian12_missing()):
-        pytest.skip(reason)
-    server = MainSshd(push_user, request.param)
+    server = MainSshd(push_user, rsync_flavor(request))
     try:
         yield server
     finally:

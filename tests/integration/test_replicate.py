@@ -38,12 +38,13 @@ from collector.transfer.replicate import (
     target_ledger_path,
 )
 from tests.conftest import SettingsWriter
+from tests.integration.helpers import RecordingNotifier, error_lines, run_cli
 from tests.integration.sshd_fixture import (
     FLAVORS,
     MainSshd,
-    debian12_missing,
     generate_key,
-    session_push_user,
+    put_client_rsync_first,
+    rsync_flavor,
 )
 
 pytestmark = pytest.mark.integration
@@ -53,14 +54,6 @@ DEPARTED = "srv9"
 # Recent enough that nothing is past raw_retention_days (7), old enough to be closed.
 BASE = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
 DAY = BASE.strftime("%Y-%m-%d")
-
-
-class RecordingNotifier:
-    def __init__(self) -> None:
-        self.alerts: list[tuple[str, str]] = []
-
-    def alert(self, kind: str, subject: str, body: str = "") -> None:
-        self.alerts.append((kind, subject))
 
 
 class ReplicaHost(MainSshd):
@@ -105,18 +98,10 @@ class ReplicaHost(MainSshd):
         return f"{self.server_id}@127.0.0.1:{self.port}"
 
 
-@pytest.fixture(scope="session")
-def push_user() -> Iterator[str]:
-    yield from session_push_user()
-
-
 @pytest.fixture
-def flavor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def flavor(request: pytest.FixtureRequest) -> str:
     """Which rsync both ends run ("debian12": the lab hosts' 3.2.7), parametrize indirectly."""
-    chosen = getattr(request, "param", "system")
-    if chosen == "debian12" and (reason := debian12_missing()):
-        pytest.skip(reason)
-    return str(chosen)
+    return rsync_flavor(request)
 
 
 both_rsyncs = pytest.mark.parametrize("flavor", FLAVORS, indirect=True)
@@ -126,8 +111,7 @@ both_rsyncs = pytest.mark.parametrize("flavor", FLAVORS, indirect=True)
 def hosts(push_user: str, flavor: str, monkeypatch: pytest.MonkeyPatch
           ) -> Iterator[list[ReplicaHost]]:
     made = [ReplicaHost(push_user, "srv2", flavor), ReplicaHost(push_user, "srv3", flavor)]
-    if made[0].client_path is not None:  # the main runs the flavor's rsync too
-        monkeypatch.setenv("PATH", f"{made[0].client_path}:{os.environ['PATH']}")
+    put_client_rsync_first(monkeypatch, made[0])  # the main runs the flavor's rsync too
     try:
         yield made
     finally:
@@ -377,25 +361,15 @@ def test_a_reset_replica_store_gets_everything_back_but_what_is_past_retention(
 # ---- failures -----------------------------------------------------------------------------
 
 
-def run_cli(main: Main, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
-    code = cli_main(["--settings", str(main.settings_path), "replicate", *extra])
-    return code, capsys.readouterr().err
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines()
-            if line.startswith("collector replicate: error:")]
-
-
 def test_one_host_down_does_not_stop_the_other_three_failures_alert_then_it_catches_up(
         main: Main, capsys: pytest.CaptureFixture[str]) -> None:
     expected = populate(main)
     up, down = main.hosts
     down.stop()
     for run in range(1, 4):
-        code, err = run_cli(main, capsys)
+        code, err = run_cli(capsys, main.settings_path, "replicate")
         assert code == 1
-        assert error_lines(err) == [
+        assert error_lines(err, "replicate") == [
             f"collector replicate: error: cannot replicate to {down.label}: connection refused "
             "(is sshd running on the replica host, and is its port in replicas right?); "
             "7 chunks wait for it"]
@@ -409,7 +383,7 @@ def test_one_host_down_does_not_stop_the_other_three_failures_alert_then_it_catc
     assert not target_ledger_path(main.state_dir, "srv3").exists()
 
     down.start()
-    code, err = run_cli(main, capsys)
+    code, err = run_cli(capsys, main.settings_path, "replicate")
     assert code == 0, err
     assert f"replication to {down.label} works again after 3 failed runs" in err
     assert down.files() == expected
@@ -419,7 +393,7 @@ def test_one_host_down_does_not_stop_the_other_three_failures_alert_then_it_catc
 def test_a_host_removed_from_replicas_leaves_no_state_behind(
         main: Main, capsys: pytest.CaptureFixture[str]) -> None:
     populate(main)
-    code, err = run_cli(main, capsys)
+    code, err = run_cli(capsys, main.settings_path, "replicate")
     assert code == 0, err
     assert target_ledger_path(main.state_dir, "srv3").exists()
     kept, _ = main.hosts
@@ -427,7 +401,7 @@ def test_a_host_removed_from_replicas_leaves_no_state_behind(
     main.settings_path.write_text(text.replace(
         ",".join(f"{host.server_id}@127.0.0.1:{host.port}" for host in main.hosts),
         f"{kept.server_id}@127.0.0.1:{kept.port}"))
-    code, err = run_cli(main, capsys)
+    code, err = run_cli(capsys, main.settings_path, "replicate")
     assert code == 0, err
     assert "forgetting replica host srv3 (no longer in replicas)" in err
     assert not target_ledger_path(main.state_dir, "srv3").exists()
@@ -509,7 +483,7 @@ def test_a_chunk_the_replica_holds_with_other_content_is_kept_on_both_sides(
     assert (main.data / name.split("/", 2)[2]).read_bytes() == expected[name]
     files = host.files()
     assert files["state/process_ledger.json"] == expected["state/process_ledger.json"]
-    assert [kind for kind, _ in notifier.alerts] == ["replicate_failing"]
+    assert [kind for kind, _, _ in notifier.alerts] == ["replicate_failing"]
     assert main.state()[host.server_id]["consecutive_failures"] == 0
     assert main.state()[host.server_id]["conflicts"] == [key]
 

@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -20,12 +19,11 @@ from collector.report.coverage import day_hours, write_hour_coverage
 from collector.report.day import HourLine, update_report
 from collector.report.summary import day_totals, render_table, yesterday
 from collector.sources.x import X_SOURCE
-from tests.conftest import SettingsWriter
-from tests.doubles.smtp import SmtpDouble, make_self_signed_cert
-from tests.integration.test_mail import (
-    BEARER_TOKEN,
+from tests.conftest import BEARER_TOKEN, SettingsWriter
+from tests.doubles.smtp import SmtpDouble
+from tests.integration.helpers import (
+    REPO_ROOT,
     SMTP_PASSWORD,
-    SMTP_USER,
     free_port,
     write_mail_credentials,
 )
@@ -34,23 +32,10 @@ REPORT_EXTRA = X_SOURCE.report_columns  # the day report's columns after diff %
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DAY = "2026-10-25"  # a fall-back day: 25 hours, 02 and 02b
 CET = ZoneInfo("CET")
 OSF_TOKEN = "osfpat-Report-Secret-0123456789"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_self_signed_cert(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def smtp(tls_files: tuple[Path, Path]) -> Iterator[SmtpDouble]:
-    cert, key = tls_files
-    with SmtpDouble(SMTP_USER, SMTP_PASSWORD, cert=cert, key=key) as server:
-        yield server
 
 
 class MainSite:

@@ -41,18 +41,18 @@ from collector.transfer.send import (
 )
 from tests.conftest import SettingsWriter
 from tests.doubles.samples import MessageFactory
+from tests.integration.helpers import REPO_ROOT, RecordingNotifier, error_lines, run_cli
 from tests.integration.sshd_fixture import (
     FLAVORS,
     MainSshd,
     Secondary,
-    debian12_missing,
     generate_key,
-    session_push_user,
+    put_client_rsync_first,
+    rsync_flavor,
 )
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER = "srv1"
 # Old enough that no chunk is in the "current hour" the prune step protects, recent enough
 # that none is past raw_retention_days (7): confirmed chunks are kept until then.
@@ -62,31 +62,12 @@ TWARC_META = {"url": "https://api.x.com/2/tweets/sample/stream", "version": "2.1
               "retrieved_at": "2026-01-01T00:00:00+00:00"}
 
 
-class RecordingNotifier:
-    """Keeps alerts in memory (the Notifier protocol is pure logic: no transport to fake)."""
-
-    def __init__(self) -> None:
-        self.alerts: list[tuple[str, str]] = []
-
-    def alert(self, kind: str, subject: str, body: str = "") -> None:
-        self.alerts.append((kind, subject))
-
-
-@pytest.fixture(scope="session")
-def push_user() -> Iterator[str]:
-    yield from session_push_user()
-
-
 @pytest.fixture
 def main_sshd(push_user: str, request: pytest.FixtureRequest,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[MainSshd]:
     """The main; parametrize it (indirect) with "debian12" for the lab hosts' rsync 3.2.7."""
-    flavor = getattr(request, "param", "system")
-    if flavor == "debian12" and (reason := debian12_missing()):
-        pytest.skip(reason)
-    server = MainSshd(push_user, flavor)
-    if server.client_path is not None:  # `collector send` runs the flavor's rsync
-        monkeypatch.setenv("PATH", f"{server.client_path}:{os.environ['PATH']}")
+    server = MainSshd(push_user, rsync_flavor(request))
+    put_client_rsync_first(monkeypatch, server)  # `collector send` runs the flavor's rsync
     try:
         yield server
     finally:
@@ -183,15 +164,6 @@ def site(main_sshd: MainSshd, write_settings: SettingsWriter, tmp_path: Path) ->
     secondary = main_sshd.add_secondary(SERVER, tmp_path / "ssh")
     main_sshd.start()
     return Site(main_sshd, secondary, write_settings, tmp_path)
-
-
-def run_cli(site: Site, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:
-    code = cli_main(["--settings", str(site.settings_path), "send", *extra])
-    return code, capsys.readouterr().err
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("collector send: error:")]
 
 
 # ---- the happy path ---------------------------------------------------------------------------
@@ -420,9 +392,9 @@ def test_main_unreachable_three_runs_then_back_every_chunk_arrives_once(
         for minute in (run * 10, run * 10 + 1):  # the stream keeps producing meanwhile
             path = site.chunk(minute)
             expected[site.relative(path)] = path.read_bytes()
-        code, err = run_cli(site, capsys)
+        code, err = run_cli(capsys, site.settings_path, "send")
         assert code == 1
-        assert error_lines(err) == [
+        assert error_lines(err, "send") == [
             f"collector send: error: cannot push to the main {site.main.user}@127.0.0.1:"
             f"{site.main.port}: connection refused (is sshd running on the main, and is "
             f"main_port right?); {len(expected)} chunks kept here"]
@@ -434,7 +406,7 @@ def test_main_unreachable_three_runs_then_back_every_chunk_arrives_once(
         assert state["last_success_at"] == ""
 
     site.main.start()
-    code, err = run_cli(site, capsys)
+    code, err = run_cli(capsys, site.settings_path, "send")
     assert code == 0, err
     assert "works again after 3 failed runs" in err
     assert site.remote_files() == expected  # each exactly once, no temp files left over
@@ -451,7 +423,7 @@ def test_main_unreachable_three_runs_then_back_every_chunk_arrives_once(
     for _ in range(3):
         with pytest.raises(RemoteError):
             send(site.settings, notifier, connect_timeout=2)
-    assert [kind for kind, _ in notifier.alerts] == ["send_failing"]
+    assert [kind for kind, _, _ in notifier.alerts] == ["send_failing"]
     assert "3 runs in a row: connection refused" in notifier.alerts[0][1]
 
 
@@ -465,9 +437,9 @@ def test_refused_key_is_one_line_and_records_nothing(
     generate_key(rogue)
     site = Site(main_sshd, secondary, write_settings, tmp_path, ssh_identity_file=str(rogue))
     chunks = [site.chunk(0), site.chunk(1)]
-    code, err = run_cli(site, capsys)
+    code, err = run_cli(capsys, site.settings_path, "send")
     assert code == 1
-    assert error_lines(err) == [
+    assert error_lines(err, "send") == [
         f"collector send: error: cannot push to the main {main_sshd.user}@127.0.0.1:"
         f"{main_sshd.port}: the main refused this host's SSH key (is it in the main's "
         "authorized_keys?); 2 chunks kept here"]
@@ -493,9 +465,9 @@ def test_host_key_mismatch_is_one_line_and_records_nothing(
         impostor = generate_key(tmp_path / "impostor_host_key").split()
         pinned.write_text(f"[127.0.0.1]:{site.main.port} {impostor[0]} {impostor[1]}\n")
     chunk = site.chunk(0)
-    code, err = run_cli(site, capsys)
+    code, err = run_cli(capsys, site.settings_path, "send")
     assert code == 1
-    assert error_lines(err) == [
+    assert error_lines(err, "send") == [
         f"collector send: error: cannot push to the main {site.main.user}@127.0.0.1:"
         f"{site.main.port}: {explanation}; 1 chunks kept here"]
     assert chunk.exists() and site.remote_files() == {}
@@ -543,10 +515,10 @@ def test_receiver_failing_after_a_complete_rsync_confirms_nothing(
     chunks = [site.chunk(minute) for minute in (0, 1, 60)]
     expected = {site.relative(path): path.read_bytes() for path in chunks}
 
-    code, err = run_cli(site, capsys)
+    code, err = run_cli(capsys, site.settings_path, "send")
 
     assert code == 1
-    assert error_lines(err) == [
+    assert error_lines(err, "send") == [
         f"collector send: error: cannot push to the main {main_sshd.user}@127.0.0.1:"
         f"{main_sshd.port}: the main's receiver failed: cannot make the push durable: "
         f"syncfs({site.incoming}) failed: Input/output error; 3 chunks kept here"]
@@ -617,10 +589,10 @@ def test_identical_copy_on_main_is_confirmed_different_copy_is_kept_on_both_side
                         site.relative(clash): b'{"other": 1}\n',  # never overwritten
                         site.relative(fresh): fresh.read_bytes()}
 
-    code, err = run_cli(site, capsys)
+    code, err = run_cli(capsys, site.settings_path, "send")
 
     assert code == 1
-    assert error_lines(err) == [
+    assert error_lines(err, "send") == [
         f"collector send: error: 1 chunks exist on the main {site.main.user}@127.0.0.1:"
         f"{site.main.port} with other content and were kept here (e.g. "
         f"{site.relative(clash)}); the others were sent"]

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,32 +18,16 @@ import pytest
 from tests.conftest import SettingsWriter
 from tests.doubles.fake_api import FakeStreamAPI, Fault
 from tests.integration.stream_harness import (
+    RATE,
     TOKEN,
     StreamRun,
     assert_exactly_once,
     explain,
-    kill_leftovers,
     quiesce,
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
-
-RATE = 100.0
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_processes() -> Iterator[None]:
-    yield
-    kill_leftovers()
-
-
-@pytest.fixture
-def api() -> Iterator[FakeStreamAPI]:
-    # The collector's attempt window shrinks with its backoff scale (0.01 * 900 s).
-    with FakeStreamAPI([TOKEN], rate=RATE, heartbeat_interval=0.3, window_seconds=9.0,
-                       quiet=True) as server:
-        yield server
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leftover_processes")]
 
 
 def make_run(write_settings: SettingsWriter, api: FakeStreamAPI, tmp_path: Path,

@@ -8,7 +8,6 @@ touch nothing: no rename, no alert, no health record.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -23,25 +22,11 @@ from tests.integration.stream_harness import (
     StreamRun,
     assert_exactly_once,
     explain,
-    kill_leftovers,
     quiesce,
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_processes() -> Iterator[None]:
-    yield
-    kill_leftovers()
-
-
-@pytest.fixture
-def api() -> Iterator[FakeStreamAPI]:
-    with FakeStreamAPI([TOKEN], rate=100.0, heartbeat_interval=0.3, window_seconds=9.0,
-                       quiet=True) as server:
-        yield server
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leftover_processes")]
 
 
 def away_from_a_minute_boundary(margin: float = 15.0) -> None:

@@ -7,7 +7,6 @@ file" are measured.
 
 from __future__ import annotations
 
-import logging
 import lzma
 import os
 import signal
@@ -29,13 +28,19 @@ from collector.publish.osf_api import RetryPolicy
 from collector.publish.upload import upload_to_osf
 from collector.settings import load_settings
 from tests.doubles.fake_osf import FakeOSF
+from tests.integration.helpers import (
+    REPO_ROOT,
+    RecordingNotifier,
+    error_lines,
+    wait_for_port_file,
+)
 
-pytestmark = pytest.mark.integration
+# cli_main points the root logger at the test's captured stderr, closed once the test ends.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("cli_logging")]
 
 TOKEN = "osfpat-Secret-0123456789abcdef"
 READ_ONLY_TOKEN = "osfpat-ReadOnly-fedcba9876543210"
 PROJECT = "abc12"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -45,17 +50,6 @@ def _fast_clients(monkeypatch: pytest.MonkeyPatch) -> None:
                         types.SimpleNamespace(time=time.time, sleep=lambda seconds: None))
     monkeypatch.setattr(collector.publish.upload, "DEFAULT_RETRY",
                         RetryPolicy(attempts=3, backoff=(0.05, 0.1), max_retry_after=5.0))
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_log_stream() -> Iterator[None]:
-    """`cli_main` points the root logger at the test's captured stderr, closed once the test
-    ends: drop that handler so later log lines do not hit a closed stream."""
-    yield
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if type(handler) is logging.StreamHandler:  # basicConfig's, not pytest's own
-            root.removeHandler(handler)
 
 
 @pytest.fixture
@@ -134,10 +128,6 @@ def run_upload(capsys: pytest.CaptureFixture[str], site: Site, *extra: str) -> t
     output = captured.out + captured.err
     assert TOKEN not in output and READ_ONLY_TOKEN not in output
     return code, output
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("collector upload: error:")]
 
 
 def new_requests(fake: FakeOSF, since: int) -> list[tuple[str, str, int]]:
@@ -272,7 +262,7 @@ def test_wrong_token_fails_with_one_clear_line(
     assert code == 2
     assert "osfpat-Wrong-token-value" not in output
     assert "Traceback" not in output
-    assert error_lines(output) == [
+    assert error_lines(output, "upload") == [
         "collector upload: error: OSF rejected the token (HTTP 401 Unauthorized) on opening "
         f"OSF project {PROJECT}: check the token in osf_credentials.txt is valid and not revoked"
     ]
@@ -292,7 +282,7 @@ def test_read_only_token_gets_403_and_files_stay_pending(
     code, output = run_upload(capsys, site)
 
     assert code == 1
-    assert error_lines(output) == [
+    assert error_lines(output, "upload") == [
         "collector upload: error: OSF refused creating folder 2026 (HTTP 403 Forbidden): the "
         f"token needs the osf.full_write scope and write access to project {PROJECT}"
     ]
@@ -327,7 +317,7 @@ def test_persistent_failure_leaves_files_pending_for_next_run(
     code, output = run_upload(capsys, site)
 
     assert code == 1
-    assert error_lines(output) == [f"collector upload: error: {message}"]
+    assert error_lines(output, "upload") == [f"collector upload: error: {message}"]
     assert "ALERT upload_failing" in output
     assert fake.files() == {}
     fake.clear_faults()
@@ -362,7 +352,7 @@ def test_long_retry_after_stops_the_run_at_once(
     code, output = run_upload(capsys, site)
 
     assert code == 1
-    assert error_lines(output) == [
+    assert error_lines(output, "upload") == [
         "collector upload: error: OSF is rate-limiting (HTTP 429) on opening OSF project abc12 "
         "(gave up after 1 attempt)"]
     assert fake.request_count("PUT") == 0
@@ -377,7 +367,7 @@ def test_connection_resets_fail_cleanly_then_complete(
     code, output = run_upload(capsys, site)
 
     assert code == 1
-    assert error_lines(output) == [
+    assert error_lines(output, "upload") == [
         f"collector upload: error: connection reset talking to 127.0.0.1:{fake.port} on "
         "uploading 2026/01/02/2026-01-02_00_IDs.txt.xz (gave up after 3 attempts)"]
     fake.clear_faults()
@@ -397,16 +387,6 @@ def test_reset_after_the_file_was_stored_makes_no_second_version(
     ids = "2026/01/02/2026-01-02_00_IDs.txt.xz"
     assert len(fake.versions(ids)) == 1
     assert "unchanged 2026/01/02/2026-01-02_00_IDs.txt.xz" in output  # the retry found it there
-
-
-class RecordingNotifier:
-    """Keeps alerts so a test can check what the team would be told."""
-
-    def __init__(self) -> None:
-        self.alerts: list[tuple[str, str, str]] = []
-
-    def alert(self, kind: str, subject: str, body: str = "") -> None:
-        self.alerts.append((kind, subject, body))
 
 
 def test_every_request_has_a_timeout(fake: FakeOSF, site: Site) -> None:
@@ -454,7 +434,7 @@ def test_hour_option_uploads_that_hour_and_its_report(
                                  "2026/10/25/2026-10-25_report.txt"}
     code, output = run_upload(capsys, site, "--hour", "2026-10-25T05")
     assert code == 1
-    assert error_lines(output) == [
+    assert error_lines(output, "upload") == [
         f"collector upload: error: nothing to upload for 2026-10-25T05: "
         f"{site.vault}/2026-10-25/2026-10-25_05_IDs.txt.xz does not exist"]
 
@@ -479,13 +459,10 @@ def test_fake_osf_runs_from_the_command_line(
          "--project", PROJECT, "--port-file", str(port_file)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 15
-        while not port_file.exists():
-            assert server.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        port = wait_for_port_file(server, port_file, timeout=15)
         site_root = tmp_path / "site"
         site_root.mkdir()
-        site = Site(site_root, f"http://127.0.0.1:{port_file.read_text().strip()}/v2/")
+        site = Site(site_root, f"http://127.0.0.1:{port}/v2/")
         site.write_day("2026-01-02", ["00"])
         code, output = run_upload(capsys, site)
         assert code == 0, output
@@ -512,7 +489,7 @@ def test_osf_down_then_back_with_its_files(
     for _ in range(3):
         code, output = run_upload(capsys, site)
         assert code == 1
-        [line] = error_lines(output)
+        [line] = error_lines(output, "upload")
         assert line.startswith("collector upload: error: connection failed talking to "
                                f"127.0.0.1:{port} on opening OSF project {PROJECT}")
         assert "Traceback" not in output
