@@ -24,7 +24,7 @@ from collector.settings import Settings, load_settings
 from collector.status import HostStatus, Verdict
 from collector.stream.health import STATUS_FILE, HealthFile, StreamHealth
 from tests.conftest import SettingsWriter
-from tests.unit.test_status import chunk, running_stream
+from tests.unit.helpers import chunk, replica_host, running_stream
 
 NOW = 1_800_000_000.0
 
@@ -383,11 +383,8 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path: Path,
 def test_replica_metrics_follow_the_status_replica_part(
     write_settings: SettingsWriter, tmp_path: Path
 ) -> None:
+    settings = replica_host(write_settings, tmp_path)
     replica = tmp_path / "replica"
-    for folder in ("chunks", "vault", "state"):
-        (replica / folder).mkdir(parents=True)
-    settings = load_settings(write_settings(replica_dst=str(replica)))
-    running_stream(settings.state_dir)
     host, errors = metrics.collect(settings)
     assert errors == []
     samples = metrics.exposition(host).splitlines()

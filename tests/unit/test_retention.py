@@ -21,6 +21,7 @@ from collector.transfer.retention import (
     plan_replica_deletions,
     prune_replica_store,
 )
+from tests.unit.helpers import stamp
 
 UTC_ZONE = ZoneInfo("UTC")
 CET = ZoneInfo("CET")
@@ -33,11 +34,6 @@ def write(path: Path, content: bytes = b"{}\n") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return path
-
-
-def stamp(path: Path) -> tuple[int, int]:
-    status = path.lstat()
-    return status.st_size, status.st_mtime_ns
 
 
 # ---- planning ---------------------------------------------------------------------------------

@@ -6,36 +6,19 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
 
 from collector import status
 from collector.cli import main
-from collector.layout import chunk_path
 from collector.publish import ledger as osf
 from collector.settings import Settings, load_settings
 from collector.stream.health import STATUS_FILE, HealthFile, StreamHealth
 from collector.transfer import replicate, send
 from collector.transfer.rsync import ConfirmedLedger
 from tests.conftest import SettingsWriter
-
-
-def running_stream(state_dir: Path) -> None:
-    now = time.time()
-    health = StreamHealth(connected=True, connected_since=now - 60, last_message_at=now,
-                          last_tweet_at=now, open_chunk="srv1_x.jsonl.part")
-    HealthFile(state_dir / STATUS_FILE).write(health)
-
-
-def chunk(root: Path, server: str, moment: datetime, age_seconds: float = 0) -> Path:
-    path = chunk_path(root, server, moment, ZoneInfo("CET"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text('{"data": {"id": "1"}}\n')
-    when = time.time() - age_seconds
-    os.utime(path, (when, when))
-    return path
+from tests.unit.helpers import chunk, replica_host, running_stream, stamp
 
 
 def test_never_run_is_down_with_exact_output(write_settings: SettingsWriter,
@@ -129,11 +112,6 @@ def test_a_full_disk_shows_the_memory_backlog_and_dropped_messages_degrade(
 # ---- two copies until published (issue 11) ---------------------------------------------------
 
 
-def stamp_of(path: Path) -> tuple[int, int]:
-    status = path.lstat()
-    return status.st_size, status.st_mtime_ns
-
-
 def test_secondary_counts_only_what_the_current_main_has_not_confirmed(
     write_settings: SettingsWriter, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -143,7 +121,7 @@ def test_secondary_counts_only_what_the_current_main_has_not_confirmed(
     old = chunk(root, "srv1", datetime.now(UTC) - timedelta(hours=3), age_seconds=3 * 3600)
     fresh = chunk(root, "srv1", datetime.now(UTC))
     ledger = send.load_send_ledger(settings)
-    ledger.chunks[old.relative_to(root).as_posix()] = stamp_of(old)
+    ledger.chunks[old.relative_to(root).as_posix()] = stamp(old)
     ledger.save()
 
     assert main(["--settings", str(settings.path), "status", "--json"]) == 0
@@ -199,7 +177,7 @@ def test_main_shows_what_waits_per_replica_host_and_degrades_when_behind(
     # Both confirmed there: nothing waits. Then the ledger changes after a success 3 h ago.
     confirmed = ConfirmedLedger(replicate.target_ledger_path(settings.state_dir, "srv2"),
                                 "target", "srv2@10.0.0.2:2222",
-                                {fresh_key: stamp_of(fresh), departed_key: stamp_of(departed)})
+                                {fresh_key: stamp(fresh), departed_key: stamp(departed)})
     confirmed.save()
     assert main(["--settings", str(settings.path), "status", "--json"]) == 0
     report = orjson.loads(capsys.readouterr().out)
@@ -241,11 +219,8 @@ def test_main_without_replicas_says_so(write_settings: SettingsWriter, tmp_path:
 def test_replica_host_is_fresh_for_two_hours_then_needs_the_mains_copies(
     write_settings: SettingsWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    settings = replica_host(write_settings, tmp_path)
     replica = tmp_path / "replica"
-    for folder in ("chunks", "vault", "state"):
-        (replica / folder).mkdir(parents=True)
-    settings = load_settings(write_settings(replica_dst=str(replica)))
-    running_stream(settings.state_dir)
 
     def report() -> tuple[int, dict[str, object]]:
         code = main(["--settings", str(settings.path), "status", "--json"])
