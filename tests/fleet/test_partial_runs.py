@@ -334,7 +334,8 @@ def test_the_main_authorizes_each_secondary_for_its_incoming_folder(fleet: Fleet
 
 def replica_line(replica_dst: Path, main_id: str, public_key: str) -> str:
     """The main's line on another host, as `collector.transfer.receive` expects it:
-    `collector receive` with one argument, the absolute replica folder; the key's comment replaced by the main's id.
+    `collector receive` with one argument, the absolute replica folder; the key's comment
+    replaced by the main's id.
 
     collector.send.authorized_keys_line renders `<folder>/<server_id>` for a secondary's line
     and names the key by that same server_id; the replica line names a folder that is no

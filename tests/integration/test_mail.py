@@ -39,6 +39,7 @@ from tests.doubles.smtp import SmtpDouble
 from tests.integration.helpers import (
     REPO_ROOT,
     SMTP_PASSWORD,
+    error_lines,
     free_port,
     smtp_double,
     write_mail_credentials,
@@ -335,21 +336,25 @@ def test_send_command_mails_the_queue_even_when_the_push_fails(
         capsys: pytest.CaptureFixture[str]) -> None:
     """`collector send` (a secondary's hourly cron job) delivers queued alerts, also when
     the main cannot be reached (here: nothing listens on its SSH port)."""
-    port = free_port()
+    port, main_port = free_port(), free_port()
     write_mail_credentials(tmp_path / "mailkeys", port)
-    settings = load_settings(write_settings(notifications="True", main_port=str(free_port()),
+    settings = load_settings(write_settings(notifications="True", main_port=str(main_port),
                                             email_credentials_dst=str(tmp_path / "mailkeys")))
     EmailNotifier(settings, background=False).alert(notify.STREAM_CRASHED, "killed")
     chunk = settings.data_storage_dst / "2026-02-03" / "10" / "srv1_2026-02-03_10-00.jsonl"
     chunk.parent.mkdir(parents=True)
     chunk.write_text('{"data": {"id": "1"}}\n')
     with smtp_double(tls_files, port=port) as smtp:
-        assert cli.main(["--settings", str(settings.path), "send"]) != 0
+        assert cli.main(["--settings", str(settings.path), "send"]) == 1
         [message] = smtp.wait_for(1)
     assert message["Subject"] == "[collector srv1] stream_crashed: killed"
     assert len(Outbox(settings.state_dir)) == 0
     err = capsys.readouterr().err
-    assert "collector send: error:" in err and "Traceback" not in err
+    assert error_lines(err, "send") == [
+        f"collector send: error: cannot push to the main incoming@127.0.0.1:{main_port}: "
+        "connection refused (is sshd running on the main, and is main_port right?); "
+        "1 chunks kept here"]
+    assert "Traceback" not in err
     assert chunk.exists()
 
 
