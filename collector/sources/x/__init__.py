@@ -12,10 +12,21 @@
 
 from __future__ import annotations
 
-from collector.sources import OutputFile, Source
+from collections.abc import Callable
+
+from collector.settings import Settings
+from collector.sources import CaptureLoop, CaptureRequest, OutputFile, Source
 from collector.sources.x.merge import MAX_SERVERS, HourIndex
 from collector.sources.x.schema import SKIP_REASONS, TWEET_COLUMNS, USER_COLUMNS, tweet_ids_in
-from collector.sources.x.transport import prepare_capture
+
+
+def prepare_capture(settings: Settings) -> Callable[[CaptureRequest], CaptureLoop]:
+    """twarc and requests are imported only by the stream, not by `process` and its helpers
+    (they cost each interpreter ~10 MB)."""
+    from collector.sources.x import transport
+
+    return transport.prepare_capture(settings)
+
 
 X_SOURCE = Source(
     name="x",
