@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,18 @@ import pytest
 SettingsWriter = Callable[..., Path]
 # The bearer token `write_settings` puts in twitter_api.txt (the fake API accepts it).
 BEARER_TOKEN = "test-token-1"
+
+
+@pytest.fixture(autouse=True)
+def _no_handler_on_a_closed_stream() -> Iterator[None]:
+    """A CLI run in-process (`cli.main`) points the root logger at the test's captured
+    stderr, which pytest closes afterwards; the handler must not outlive the test, or the
+    next test's threads (the SMTP double's) log into a closed file."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:  # basicConfig's, not pytest's own
+            root.removeHandler(handler)
 
 
 @pytest.fixture
