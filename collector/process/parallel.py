@@ -66,7 +66,7 @@ def helper_result(source: Source, helper: subprocess.Popen[bytes]) -> tuple[Hour
         last = (err.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise CollectorError(f"indexing helper failed ({helper.returncode}): {last}")
     index, reading = pickle.loads(out)
-    if not isinstance(index, type(source.new_index(()))):
+    if not isinstance(index, type(source.new_index(()))):  # the source's index class
         raise CollectorError("indexing helper returned no index")
     return index, float(reading)
 
