@@ -27,7 +27,7 @@ import orjson
 from collector.errors import CollectorError, DiskFullError, LockedError
 
 TEMP_MARK = ".tmp-"
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def temp_path(final: Path) -> Path:
@@ -53,7 +53,7 @@ def remove_stale_temps(folder: Path) -> int:
     return removed
 
 
-def _disk_full(error: OSError, final: Path) -> DiskFullError:
+def disk_full_error(error: OSError, final: Path) -> DiskFullError:
     return DiskFullError(f"disk full while writing {final}; inputs left untouched "
                          f"({os.strerror(error.errno or errno.ENOSPC)})")
 
@@ -73,8 +73,8 @@ def write_atomic(final: Path, write: Callable[[IO[bytes]], None]) -> None:
     except OSError as error:
         with contextlib.suppress(OSError):
             temp.unlink()
-        if error.errno in _DISK_FULL:
-            raise _disk_full(error, final) from None
+        if error.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(error, final) from None
         raise
     except BaseException:
         with contextlib.suppress(OSError):

@@ -33,6 +33,9 @@ CHUNK_NAME = re.compile(
     rf"(?:-(?P<second>\d{{2}}))?\.jsonl$"
 )
 HOUR_KEY = re.compile(rf"^(?P<day>{_DAY})T(?P<hour>{_HOUR})$")
+# A server id as the role writes it (an inventory name): the only names of server folders in
+# incoming_dst and a replica tree; anything else there is no server's folder.
+SERVER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True, order=True)

@@ -33,7 +33,7 @@ _LEVELS: tuple[Level, ...] = ("day", "hour", "file")
 
 # Folders are opened relative to their parent's descriptor and never through a link; O_NONBLOCK
 # so that even an entry swapped for a FIFO between lstat and open cannot block the caller.
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 CHUNK_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -254,7 +254,7 @@ def _list_folder(fd: int) -> list[tuple[str, os.stat_result]]:
 def _open_folder(parent_fd: int, name: str, entry: Entry | None = None) -> int:
     """Open a sub-folder without following a link; EntryChanged if it is not `entry`'s."""
     try:
-        fd = os.open(name, _FOLDER_FLAGS, dir_fd=parent_fd)
+        fd = os.open(name, FOLDER_FLAGS, dir_fd=parent_fd)
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
             raise EntryChanged(name) from None  # replaced by a link or file, or gone
@@ -356,3 +356,9 @@ def remove_entry(root: Path, parts: tuple[str, ...], folder: bool = False) -> No
             os.unlink(parts[-1], dir_fd=parent)
     finally:
         os.close(parent)
+
+
+def shown(text: str) -> str:
+    """A name as it may appear in a log line or mail subject: whatever a pushed file name
+    holds (newlines, control or undecodable bytes) is escaped, so it cannot forge a line."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from collector.fsutil import _DISK_FULL, _disk_full, fsync_dir, temp_path
+from collector.fsutil import DISK_FULL_ERRNOS, disk_full_error, fsync_dir, temp_path
 
 # Rows are cut into blocks of at least this many bytes before compression. Small enough that
 # two compressors fit in memory beside the hour's records, large enough to cost under 1 % in
@@ -115,6 +115,6 @@ def compress_to_files(jobs: list[CompressJob], preset: int, pool: Executor,
         for temp in temps:
             with contextlib.suppress(OSError):
                 temp.unlink()
-        if isinstance(error, OSError) and error.errno in _DISK_FULL:
-            raise _disk_full(error, jobs[0].final.parent) from None
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(error, jobs[0].final.parent) from None
         raise

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from collector.errors import CollectorError
 from collector.layout import HourKey, is_day_name, is_hour_name
-from collector.process.scan import ServerFolder, shown
+from collector.process.scan import ServerFolder
 from collector.report.day import update_report_cells
 from collector.settings import Settings
 from collector.sources import source_for
@@ -24,6 +24,7 @@ from collector.tree import (
     EntryChanged,
     Rejected,
     move_entry,
+    shown,
 )
 
 log = logging.getLogger("collector.process")

@@ -21,7 +21,7 @@ from collector.process.parallel import (
 from collector.process.plan import chunk_minute
 from collector.process.quarantine import Quarantine
 from collector.process.result import Timings
-from collector.process.scan import ChunkFile, shown
+from collector.process.scan import ChunkFile
 from collector.sources import HourIndex, Source
 from collector.tree import (
     Entry,
@@ -30,6 +30,7 @@ from collector.tree import (
     UnsafeEntry,
     open_chunk,
     read_at_most,
+    shown,
 )
 
 log = logging.getLogger("collector.process")

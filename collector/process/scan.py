@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector.errors import CollectorError
-from collector.layout import HourKey
+from collector.layout import SERVER_ID, HourKey
 from collector.settings import Settings
 from collector.sources import source_for
 from collector.tree import (
     Entry,
     Rejected,
     scan_tree,
+    shown,
 )
 
 log = logging.getLogger("collector.process")
@@ -90,11 +90,6 @@ def folder_ids(folders: list[ServerFolder]) -> tuple[str, ...]:
     return tuple(folder.server_id for folder in folders)
 
 
-# A server id as the role writes it (an inventory name); anything else in incoming_dst is
-# not a server's folder.
-_SERVER_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
 def departed_server_ids(settings: Settings) -> list[str]:
     """Servers no longer in `servers` whose incoming folder on this main still exists, sorted.
 
@@ -111,7 +106,7 @@ def departed_server_ids(settings: Settings) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(name for name in names
-                  if _SERVER_FOLDER.match(name) and name not in settings.servers)
+                  if SERVER_ID.match(name) and name not in settings.servers)
 
 
 @dataclass
@@ -152,7 +147,3 @@ def scan_folders(folders: list[ServerFolder], max_bytes: int) -> Scan:
 
 # ---- quarantine ------------------------------------------------------------------------------
 
-def shown(text: str) -> str:
-    """A name as it may appear in a log line or mail subject: whatever a pushed file name
-    holds (newlines, control or undecodable bytes) is escaped, so it cannot forge a line."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

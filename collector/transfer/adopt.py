@@ -59,15 +59,16 @@ from typing import Any
 import orjson
 
 from collector.errors import CollectorError, DiskFullError, SettingsError
-from collector.fsutil import TEMP_MARK, write_bytes_atomic
-from collector.layout import HourKey, is_day_name
+from collector.fsutil import DISK_FULL_ERRNOS, TEMP_MARK, write_bytes_atomic
+from collector.layout import SERVER_ID, HourKey, is_day_name
 from collector.process.ledger import LEDGER_NAME
 from collector.process.run import process_lock
-from collector.process.scan import shown
 from collector.settings import Settings
 from collector.sources import source_for
+from collector.transfer.retention import CHUNKS_DIR, STATE_DIR, VAULT_DIR
 from collector.tree import (
     CHUNK_OPEN_FLAGS,
+    FOLDER_FLAGS,
     Entry,
     EntryChanged,
     TreeScan,
@@ -76,13 +77,11 @@ from collector.tree import (
     file_problem,
     open_folder_beneath,
     scan_tree,
+    shown,
 )
 
 log = logging.getLogger("collector.adopt")
 
-CHUNKS_DIR = "chunks"
-VAULT_DIR = "vault"
-STATE_DIR = "state"
 
 # Vault files have no size limit of their own (a day's tweets can be GBs); the replica
 # ledger is small (hours within retention list their chunks, older ones one flag).
@@ -90,10 +89,6 @@ NO_LIMIT = 1 << 62
 MAX_LEDGER_BYTES = 512 * 1024 * 1024
 COPY_BLOCK = 4 * 1024 * 1024
 
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-# A server id as the role writes it (the same rule as collector.process's incoming folders).
-_SERVER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def is_vault_name(day: str, name: str) -> bool:
@@ -201,7 +196,7 @@ def _subfolder(parent_fd: int, name: str, where: str) -> int | None:
     """A descriptor of a folder of the replica tree, never through a link; None (logged if it
     is something else) when it is not a folder."""
     try:
-        return os.open(name, _FOLDER_FLAGS, dir_fd=parent_fd)
+        return os.open(name, FOLDER_FLAGS, dir_fd=parent_fd)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -259,7 +254,7 @@ def adopt_chunks(settings: Settings, root_fd: int, result: AdoptResult) -> None:
                 where = f"{CHUNKS_DIR}/{shown(name)}"
                 if name.startswith("."):
                     continue  # an rsync temporary: never a replica
-                if not _SERVER_ID.match(name) or not stat.S_ISDIR(info.st_mode):
+                if not SERVER_ID.match(name) or not stat.S_ISDIR(info.st_mode):
                     log.warning("left %s in place: %s, not a server's chunk folder", where,
                                 entry_type(info.st_mode))
                     result.left += 1
@@ -331,7 +326,7 @@ def _remove_empty_folders(fd: int) -> None:
         if not stat.S_ISDIR(info.st_mode) or day.startswith("."):
             continue
         with contextlib.suppress(OSError):
-            day_fd = os.open(day, _FOLDER_FLAGS, dir_fd=fd)
+            day_fd = os.open(day, FOLDER_FLAGS, dir_fd=fd)
             try:
                 for hour, hour_info in _entries(day_fd):
                     if stat.S_ISDIR(hour_info.st_mode):
@@ -360,7 +355,7 @@ def _adopt_group(source_root: Path, folder: tuple[str, ...], entries: list[Entry
         try:
             target_fd = ensure_folder(destination_root, folder)
         except (OSError, UnsafeDestination) as error:
-            if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
                 raise DiskFullError(f"disk full while creating {destination_root}/{where}"
                                     ) from None
             log.warning("left %s/%s in place: %s/%s cannot be used (%s)", label, shown(where),
@@ -373,7 +368,7 @@ def _adopt_group(source_root: Path, folder: tuple[str, ...], entries: list[Entry
                 try:
                     outcome = adopt_file(source_fd, entry, target_fd, max_bytes)
                 except OSError as error:
-                    if error.errno in _DISK_FULL:
+                    if error.errno in DISK_FULL_ERRNOS:
                         raise DiskFullError(f"disk full while adopting {shown(replica)}; it "
                                             f"is left in place") from None
                     log.warning("left %s in place: %s", shown(replica), _why(error))
@@ -421,7 +416,7 @@ def ensure_folder(root: Path, parts: tuple[str, ...]) -> int:
             except FileExistsError:
                 pass
             try:
-                child = os.open(part, _FOLDER_FLAGS, dir_fd=fd)
+                child = os.open(part, FOLDER_FLAGS, dir_fd=fd)
             except OSError as error:
                 if error.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise UnsafeDestination(f"{part} is not a folder") from None

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from collector.layout import HourKey, hour_bounds, parse_chunk
+from collector.layout import SERVER_ID, HourKey, hour_bounds, parse_chunk
 from collector.transfer.rsync import Stamp, file_stamp
 from collector.tree import EntryChanged, remove_entry, scan_tree
 
@@ -46,8 +45,6 @@ CHUNKS_DIR = "chunks"
 VAULT_DIR = "vault"
 STATE_DIR = "state"
 REPLICA_LEDGER = "process_ledger.json"
-# A server id as the role writes it; anything else under chunks/ is not a server's folder.
-SERVER_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 # ---- planning (pure) -----------------------------------------------------------------------
@@ -131,7 +128,7 @@ def replica_server_ids(replica_dst: Path) -> list[str]:
             names = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(name for name in names if SERVER_FOLDER.match(name))
+    return sorted(name for name in names if SERVER_ID.match(name))
 
 
 def held_replica_chunks(replica_dst: Path, max_bytes: int) -> list[HeldChunk]:

@@ -24,7 +24,6 @@ from collector.process.quarantine import (
     quarantine_alert,
     quarantine_name,
 )
-from collector.process.scan import shown
 from collector.report import day as daily_report
 from collector.sources.x import X_SOURCE
 from collector.tree import (
@@ -41,6 +40,7 @@ from collector.tree import (
     read_at_most,
     remove_entry,
     scan_tree,
+    shown,
 )
 
 REPORT_EXTRA = X_SOURCE.report_columns  # the day report's columns after diff %
