@@ -31,6 +31,9 @@ DEFAULT_USER_FIELDS = (
 )
 DEFAULT_EXPANSIONS = "author_id"
 
+SOURCES = ("x", "bluesky")
+DEFAULT_JETSTREAM_URL = "wss://jetstream.us-east.bsky.network/subscribe"
+
 # Credential bits that must be clear: group write/exec and anything for others (0640 or stricter).
 _TOO_OPEN_BITS = 0o037
 
@@ -106,6 +109,36 @@ _REPLICA = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<host>[A-Za-z0-9.
                       r"(?::(?P<port>[0-9]{1,5}))?$")
 
 
+def _source(value: str) -> str:
+    if value not in SOURCES:
+        raise ValueError("must be x or bluesky")
+    return value
+
+
+def _websocket_url(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("ws", "wss") or not parsed.netloc:
+        raise ValueError("must be a ws(s) URL (a Jetstream /subscribe endpoint)")
+    if parsed.query or parsed.fragment:
+        raise ValueError("must not carry a query: the collector adds the parameters")
+    return value
+
+
+# An NSID (`app.bsky.feed.post`) or a prefix of one (`app.bsky.feed.*`), as Jetstream takes them.
+_COLLECTION = re.compile(r"^[A-Za-z][A-Za-z0-9-]*(\.[A-Za-z0-9-]+)+(\.\*)?$")
+MAX_COLLECTIONS = 100  # Jetstream's own limit on wantedCollections
+
+
+def _collections(value: str) -> tuple[str, ...]:
+    items = _comma_list(value)
+    for item in items:
+        if not _COLLECTION.match(item):
+            raise ValueError(f"entry {item!r} is not a collection NSID such as app.bsky.feed.post")
+    if len(items) > MAX_COLLECTIONS:
+        raise ValueError(f"lists more than {MAX_COLLECTIONS} collections (Jetstream's limit)")
+    return items
+
+
 def _replica_targets(value: str) -> tuple[ReplicaTarget, ...]:
     """`server_id@host[:port],...` (port 22 when left out); every id at most once."""
     targets = []
@@ -130,7 +163,8 @@ def _comma_list(value: str) -> tuple[str, ...]:
 # key -> (parser, default); a default of None means the key is required where it applies.
 _KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "library_dst": (_text, ""),
-    "API_key_dst": (_path, None),
+    # Required for source=x only (the Jetstream live tail needs no key).
+    "API_key_dst": (_path, ""),
     "OSF_key_dst": (_path, ""),
     "data_storage_dst": (_path, None),
     "data_vault_dst": (_path, ""),
@@ -170,6 +204,13 @@ _KEYS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "replica_dst": (_path, ""),
     # Main: the hosts it replicates its own chunks, departed servers' chunks and its vault to.
     "replicas": (_replica_targets, ""),
+    # The stream captured (SPEC section 8); the jetstream_* keys and deletion_window_days apply
+    # to bluesky only, tweet_fields, user_fields, expansions and backfill_minutes to x only.
+    "source": (_source, "x"),
+    "jetstream_url": (_websocket_url, DEFAULT_JETSTREAM_URL),
+    "jetstream_collections": (_collections, "app.bsky.feed.post"),
+    "jetstream_compress": (_bool, "True"),
+    "deletion_window_days": (_int_between(1, 3650), "7"),
 }
 # What an empty value of a key means, where it is not "" (paths: None).
 _EMPTY: dict[str, Any] = {"replicas": ()}
@@ -185,7 +226,7 @@ class Settings:
 
     path: Path
     library_dst: str
-    API_key_dst: Path
+    API_key_dst: Path | None
     OSF_key_dst: Path | None
     data_storage_dst: Path
     data_vault_dst: Path | None
@@ -220,6 +261,11 @@ class Settings:
     ssh_known_hosts_file: Path | None
     replica_dst: Path | None
     replicas: tuple[ReplicaTarget, ...]
+    source: str
+    jetstream_url: str
+    jetstream_collections: tuple[str, ...]
+    jetstream_compress: bool
+    deletion_window_days: int
 
     @property
     def is_main(self) -> bool:
@@ -302,6 +348,8 @@ def _check_consistency(settings: Settings) -> None:
     if any(target.server_id == settings.server_id for target in settings.replicas):
         raise SettingsError(f"{source}: replicas names this host ({settings.server_id}); "
                             "a copy on the same disk is no second copy")
+    if settings.source == "x" and settings.API_key_dst is None:
+        raise SettingsError(f"{source}: missing required key API_key_dst (source=x)")
     if settings.is_main and settings.osf_enabled:
         if not settings.osf_project:
             raise SettingsError(f"{source}: missing required key osf_project (osf_enabled=True)")
@@ -365,6 +413,8 @@ def read_credentials(path: Path, required: tuple[str, ...]) -> dict[str, str]:
 
 def read_bearer_token(settings: Settings) -> str:
     """This host's own API bearer token, from `API_key_dst/twitter_api.txt`."""
+    if settings.API_key_dst is None:
+        raise SettingsError(f"{settings.path}: API_key_dst is not set")
     path = settings.API_key_dst / "twitter_api.txt"
     return read_credentials(path, ("bearer_token",))["bearer_token"]
 

@@ -31,6 +31,25 @@ def test_defaults_and_types(write_settings: SettingsWriter) -> None:
     assert settings.replica_dst is None and settings.replicas == ()
 
 
+def test_bluesky_defaults_need_no_api_key(write_settings: SettingsWriter) -> None:
+    settings = load_settings(write_settings(source="bluesky", API_key_dst=None))
+    assert settings.source == "bluesky" and settings.API_key_dst is None
+    assert settings.jetstream_url == "wss://jetstream.us-east.bsky.network/subscribe"
+    assert settings.jetstream_collections == ("app.bsky.feed.post",)
+    assert settings.jetstream_compress is True
+    assert settings.deletion_window_days == 7
+    wider = load_settings(write_settings(
+        source="bluesky", jetstream_collections="app.bsky.feed.*, app.bsky.graph.follow",
+        jetstream_url="ws://127.0.0.1:6008/subscribe", jetstream_compress="False"))
+    assert wider.jetstream_collections == ("app.bsky.feed.*", "app.bsky.graph.follow")
+    assert wider.jetstream_url == "ws://127.0.0.1:6008/subscribe"
+    assert wider.jetstream_compress is False
+
+
+def test_source_defaults_to_x(write_settings: SettingsWriter) -> None:
+    assert load_settings(write_settings()).source == "x"
+
+
 def test_replica_targets(write_settings: SettingsWriter) -> None:
     settings = load_settings(write_settings(replicas="srv2@127.0.0.1:2202, srv3@backup.example",
                                             servers="srv1,srv2,srv3",
@@ -67,6 +86,23 @@ def test_replica_targets(write_settings: SettingsWriter) -> None:
         ({"replicas": "srv2@a,srv2@b"}, "replicas='srv2@a,srv2@b' lists a server id twice"),
         ({"replicas": "srv1@127.0.0.1"},
          "replicas names this host (srv1); a copy on the same disk is no second copy"),
+        ({"source": "mastodon"}, "source='mastodon' must be x or bluesky"),
+        ({"API_key_dst": None}, "missing required key API_key_dst (source=x)"),
+        ({"source": "bluesky", "jetstream_url": "https://jetstream.example/subscribe"},
+         "jetstream_url='https://jetstream.example/subscribe' must be a ws(s) URL "
+         "(a Jetstream /subscribe endpoint)"),
+        ({"source": "bluesky", "jetstream_url": "wss://j.example/subscribe?cursor=1"},
+         "jetstream_url='wss://j.example/subscribe?cursor=1' must not carry a query: "
+         "the collector adds the parameters"),
+        ({"source": "bluesky", "jetstream_collections": "app.bsky.feed.post,posts"},
+         "jetstream_collections='app.bsky.feed.post,posts' entry 'posts' is not a "
+         "collection NSID such as app.bsky.feed.post"),
+        ({"source": "bluesky", "jetstream_collections": ","},
+         "jetstream_collections=',' must list at least one name"),
+        ({"source": "bluesky", "jetstream_compress": "zstd"},
+         "jetstream_compress='zstd' must be True or False"),
+        ({"source": "bluesky", "deletion_window_days": "0"},
+         "deletion_window_days='0' must be a whole number from 1 to 3650"),
     ],
 )
 def test_bad_settings_name_key_and_file(
