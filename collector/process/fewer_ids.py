@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import lzma
 import os
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from collector.layout import HourKey
+from collector.sources import RecordId
 
 log = logging.getLogger("collector.process")
 
@@ -39,32 +40,34 @@ class IdComparison:
     published: int  # ids read from the published file
     missing: int  # of those, ids the merge lacks and the previous hour's tail does not excuse
     moved: int  # ids the merge lacks because the previous hour's tail received them first
-    examples: tuple[int, ...]  # the first few missing ids (public tweet ids, fine to log)
+    examples: tuple[RecordId, ...]  # the first few missing ids (public ids, fine to log)
     capped: bool  # counting stopped at MISSING_COUNT_CAP: `missing` is a lower bound
 
 
-def compare_ids(published: Iterable[bytes], merged: Sequence[int], moved_ok: Container[int],
+def compare_ids(published: Iterable[bytes], merged: Sequence[RecordId],
+                moved_ok: Container[RecordId], parse_id: Callable[[bytes], RecordId | None],
                 cap: int = MISSING_COUNT_CAP) -> IdComparison:
     """Which ids of a published IDs file (its lines, ascending) the new merge (`merged`,
     ascending) lacks; ids in `moved_ok` (received in the previous hour's tail) do not count
     as missing: the LOOKBACK rule moved them to the previous hour, legitimately (pure).
 
     One pass over both sorted sequences, holding nothing but a few counters, so the cost is
-    reading the file; UnreadableIds when a line is not an ASCII id with its newline, or the
+    reading the file; UnreadableIds when a line is not an id (`parse_id`, the source's
+    reading of a line without its newline) with its newline, or the
     ids do not strictly ascend (so no file can make the walk longer than the merge, the
     excused ids and `cap` missing ones).
     """
     position, count = 0, len(merged)
     read = missing = moved = 0
-    examples: list[int] = []
-    last = -1
+    examples: list[RecordId] = []
+    last: RecordId = None
     for line in published:
-        if not line.endswith(b"\n") or not line[:-1].isdigit():  # bytes: ASCII digits
+        record_id = parse_id(line[:-1]) if line.endswith(b"\n") else None
+        if record_id is None:
             raise UnreadableIds(f"line {read + 1} is not an id")
-        tweet_id = int(line[:-1])
-        if tweet_id <= last:
+        if last is not None and record_id <= last:
             raise UnreadableIds(f"line {read + 1} is not in ascending order")
-        last = tweet_id
+        last = tweet_id = record_id
         read += 1
         while position < count and merged[position] < tweet_id:
             position += 1
@@ -89,7 +92,7 @@ class FewerIds:
     published: int
     merged: int
     missing: int
-    examples: tuple[int, ...]
+    examples: tuple[RecordId, ...]
     capped: bool
 
     def ledger_entry(self) -> dict[str, Any]:
@@ -98,12 +101,14 @@ class FewerIds:
     def describe(self) -> str:
         """`12 of its 2000 ids (e.g. 1234, 1240)` (pure)."""
         at_least = "at least " if self.capped else ""
-        examples = ", ".join(str(i) for i in self.examples)
+        examples = ", ".join(i.decode("utf-8", "replace") if isinstance(i, bytes) else str(i)
+                             for i in self.examples)
         return f"{at_least}{self.missing} of its {self.published} ids (e.g. {examples})"
 
 
-def check_fewer_ids(hour: HourKey, ids_path: Path, merged: Sequence[int],
-                    moved_ok: Container[int]) -> FewerIds | None:
+def check_fewer_ids(hour: HourKey, ids_path: Path, merged: Sequence[RecordId],
+                    moved_ok: Container[RecordId],
+                    parse_id: Callable[[bytes], RecordId | None]) -> FewerIds | None:
     """Whether writing this merge would publish the hour with fewer ids than its IDs file
     holds now: a FewerIds (and one warning) if so, else None.
 
@@ -115,7 +120,7 @@ def check_fewer_ids(hour: HourKey, ids_path: Path, merged: Sequence[int],
     """
     try:
         with lzma.open(ids_path, "rb") as handle:
-            found = compare_ids(handle, merged, moved_ok)
+            found = compare_ids(handle, merged, moved_ok, parse_id)
     except FileNotFoundError:
         return None
     except (OSError, lzma.LZMAError, EOFError, UnreadableIds) as error:

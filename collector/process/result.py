@@ -42,3 +42,4 @@ class ProcessResult:
     quarantined: list[QuarantinedEntry] = field(default_factory=list)
     # Hours merged but not written: their published IDs file holds ids the merge lacks.
     fewer_ids: list[FewerIds] = field(default_factory=list)
+    daily: str | None = None  # the source's daily pass, when it ran (`process.daily`)

@@ -16,6 +16,7 @@ from collector.alerts import notify
 from collector.errors import CollectorError, DiskFullError, SettingsError
 from collector.fsutil import exclusive_lock
 from collector.layout import HourKey
+from collector.process.daily import run_daily_pass
 from collector.process.fewer_ids import fewer_ids_alert
 from collector.process.ledger import LEDGER_NAME, ProcessLedger, unadopted_replica
 from collector.process.memory import tune_malloc
@@ -144,6 +145,7 @@ def _process(settings: Settings, hour: HourKey | None, force: bool, now: datetim
                 result.pruned_hours = prune_old_chunks(scan, ledger, settings, now)
                 if result.pruned_hours:
                     ledger.save()
+                result.daily = run_daily_pass(source_for(settings), settings, now)
         finally:
             # Even when the run fails later: a moved entry is not found again, so this is
             # the only moment it can be told.

@@ -40,7 +40,8 @@ def report_line(hour: HourKey, index: HourIndex, skip_reasons: Sequence[str],
     bits = sum(1 << n for n, server in enumerate(index.servers) if server in shown)
     masks = Counter(entry[:8] for entry in index.entries.values())
     diff = sum(n for mask, n in masks.items() if int.from_bytes(mask, "little") & bits != bits)
-    extra = {"duplicates": index.duplicates, "chunks": index.chunks}
+    extra = dict(index.counts())
+    extra.update({"duplicates": index.duplicates, "chunks": index.chunks})
     extra.update({reason: index.skipped.get(reason, 0) for reason in skip_reasons})
     extra["quarantined"] = quarantined
     return HourLine(hour.hour, {server: counts[server] for server in shown},
@@ -83,7 +84,7 @@ def write_hour(hour: HourKey, read: HourRead, settings: Settings, vault: Path,
         del index
         release_free_memory()
         ids_path, *row_paths = source.output_paths(vault, hour)
-        fewer = check_fewer_ids(hour, ids_path, plan.ids, read.earlier_ids)
+        fewer = check_fewer_ids(hour, ids_path, plan.ids, read.earlier_ids, source.parse_id)
         timings.merging += time.perf_counter() - started
         if fewer is not None:
             return HourResult(hour, len(plan.ids), plan.summary(), line, fewer)
@@ -95,8 +96,7 @@ def write_hour(hour: HourKey, read: HourRead, settings: Settings, vault: Path,
                                             else b""))
                 for path, output, rows in zip(row_paths, source.outputs[1:],
                                               plan.output_rows(lines.read_line), strict=True)]
-        jobs.append(CompressJob(ids_path, blocks_of((b"%d\n" % i for i in plan.ids),
-                                                    BLOCK_SIZE)))
+        jobs.append(CompressJob(ids_path, blocks_of(map(source.id_line, plan.ids), BLOCK_SIZE)))
         # One block more than there are compressors: the next block is rendered while
         # every compressor is busy, and memory stays at a few blocks.
         compress_to_files(jobs, settings.xz_preset, pool, in_flight=workers + 1)

@@ -26,10 +26,17 @@ class LocalFile:
     mtime_ns: int
 
 
-def is_publishable(day: str, name: str) -> bool:
-    """True for an hour's IDs file or the day's report; never tweets, users or hidden files."""
+# The hourly outputs published by default: the ids (X). A source may add its own (Bluesky:
+# the deletes), never content files (tweets, users, posts).
+IDS_ONLY = ("IDs.txt.xz",)
+
+
+def is_publishable(day: str, name: str, published: tuple[str, ...] = IDS_ONLY) -> bool:
+    """True for an hour's output whose suffix is in `published`, or the day's report; never
+    tweets, users, posts or hidden files."""
     escaped = re.escape(day)
-    return bool(re.fullmatch(rf"{escaped}_\d{{2}}b?_IDs\.txt\.xz", name)
+    suffixes = "|".join(re.escape(suffix) for suffix in published)
+    return bool(re.fullmatch(rf"{escaped}_\d{{2}}b?_(?:{suffixes})", name)
                 or name == f"{day}_report.txt")
 
 
@@ -46,14 +53,20 @@ def _local_file(path: Path, day: str) -> LocalFile:
     return LocalFile(path, remote_path(day, path.name), info.st_size, info.st_mtime_ns)
 
 
-def select_files(vault: Path, hour: HourKey | None = None) -> list[LocalFile]:
-    """Every publishable file under `vault`, or just one hour's IDs file and its day's report."""
+def select_files(vault: Path, hour: HourKey | None = None,
+                 published: tuple[str, ...] = IDS_ONLY) -> list[LocalFile]:
+    """Every publishable file under `vault`, or just one hour's published outputs (its IDs
+    file first, which must exist) and its day's report."""
     if hour is not None:
         day_dir = vault / hour.day
-        ids = day_dir / f"{hour.file_prefix}_IDs.txt.xz"
+        ids = day_dir / f"{hour.file_prefix}_{published[0]}"
         if not ids.is_file():
             raise CollectorError(f"nothing to upload for {hour}: {ids} does not exist")
         selected = [_local_file(ids, hour.day)]
+        for suffix in published[1:]:
+            other = day_dir / f"{hour.file_prefix}_{suffix}"
+            if other.is_file():
+                selected.append(_local_file(other, hour.day))
         report = day_dir / f"{hour.day}_report.txt"
         if report.is_file():
             selected.append(_local_file(report, hour.day))
@@ -65,7 +78,7 @@ def select_files(vault: Path, hour: HourKey | None = None) -> list[LocalFile]:
         if not (_DAY.match(day_dir.name) and day_dir.is_dir()):
             continue
         for path in sorted(day_dir.iterdir()):
-            if is_publishable(day_dir.name, path.name) and path.is_file():
+            if is_publishable(day_dir.name, path.name, published) and path.is_file():
                 selected.append(_local_file(path, day_dir.name))
     return selected
 

@@ -10,8 +10,9 @@ changed one two.
 Folder links are cached in a local ledger, which also remembers what was uploaded, so an hour
 with nothing new makes no request at all.
 
-Only `YYYY-mm-dd_HH_IDs.txt.xz` and `YYYY-mm-dd_report.txt` are ever selected; tweets and
-users files hold tweet content and must never leave the server.
+Only `YYYY-mm-dd_HH_IDs.txt.xz`, `YYYY-mm-dd_report.txt` and the source's other published
+outputs (Bluesky: `YYYY-mm-dd_HH_deletes.txt.xz`) are ever selected; tweets, users and posts
+files hold content and must never leave the server.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from collector.publish.osf_api import (
     connect,
 )
 from collector.settings import Settings, read_osf_token
+from collector.sources import source_for
 
 log = logging.getLogger("collector.upload")
 LOCK_NAME = "upload.lock"
@@ -101,7 +103,8 @@ def upload_to_osf(settings: Settings, hour: HourKey | None = None, *,
     with upload_lock(state_dir):
         ledger = load_ledger(ledger_path, ledger_target(settings))
         todo: list[tuple[LocalFile, str]] = []
-        for local in select_files(settings.data_vault_dst, hour):
+        for local in select_files(settings.data_vault_dst, hour,
+                                  source_for(settings).published):
             if hour is None and ledger.is_current(local):
                 result.already_done += 1
             else:

@@ -8,10 +8,14 @@ whatever is captured. What differs is described by one `Source`:
   before anything is touched, then builds the loop that reads the stream and hands every
   message to the stream's writer as one chunk line (with its receipt metadata on it);
 * its record schema and merge (`new_index`): pass 1 and 2 of an hour's merge over chunk lines;
-* its output files (`outputs`, the ids file first) and its report columns (`report_columns`,
-  after the per-server counts).
+* its record ids (`id_line`, `parse_id`): a tweet id is an int, a Bluesky record's AT-URI
+  bytes; either sorts the way its ids file is ordered (numerically, byte order);
+* its output files (`outputs`, the ids file first; `published`, what goes to OSF) and its
+  report columns (`report_columns`, after the per-server counts);
+* an optional daily pass over the vault (`daily`), run by `process` under its lock: Bluesky
+  honours deletions with it.
 
-`source_for(settings)` is the one place that picks it. X (twarc) is the only source so far.
+`source_for(settings)` is the one place that picks it: `x` (twarc) or `bluesky` (Jetstream).
 """
 
 from __future__ import annotations
@@ -20,14 +24,19 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias
 
 if TYPE_CHECKING:
     from collector.alerts.notify import Notifier
     from collector.layout import HourKey
     from collector.settings import Settings
     from collector.stream.health import StreamHealth
+
+# One record's id: an int (X tweet id) or bytes (a Bluesky AT-URI). Ids of one source are all
+# of one type, and compare in their ids file's order.
+RecordId: TypeAlias = Any
 
 # Pass 2 reads a line back: (chunk number, offset, length) -> the line's bytes.
 LineReader = Callable[[int, int, int], bytes]
@@ -64,7 +73,7 @@ class MergePlan(Protocol):
     """Pass 2's input: the hour's ids ascending, and how to render every other output."""
 
     @property
-    def ids(self) -> Sequence[int]: ...
+    def ids(self) -> Sequence[RecordId]: ...
 
     def output_rows(self, read_line: LineReader) -> list[Iterator[bytes]]:
         """The rows of each output after the ids file, in `Source.outputs` order."""
@@ -80,7 +89,7 @@ class HourIndex(Protocol):
     def servers(self) -> Sequence[str]: ...
 
     @property
-    def entries(self) -> Mapping[int, bytes]:
+    def entries(self) -> Mapping[RecordId, bytes]:
         """Per distinct record id; the first 8 bytes: the mask of servers that captured it."""
 
     @property
@@ -99,11 +108,14 @@ class HourIndex(Protocol):
     def absorb(self, later: Self) -> None:
         """Take over a helper's index of the chunks that follow this one's."""
 
-    def drop_received_earlier(self, earlier_ids: set[int]) -> int:
+    def drop_received_earlier(self, earlier_ids: set[RecordId]) -> int:
         """Remove records the previous hour received first; returns how many."""
 
     def server_counts(self) -> list[int]:
         """Distinct records per server, in `servers` order."""
+
+    def counts(self) -> Mapping[str, int]:
+        """The source's own counts of the hour (`Source.count_columns`), e.g. deletes."""
 
     def minute_counts(self) -> dict[str, dict[int, int]]:
         """Distinct records per server and minute of receipt (the coverage plot)."""
@@ -129,12 +141,18 @@ class Source:
     max_servers: int
     prepare_capture: Callable[[Settings], Callable[[CaptureRequest], CaptureLoop]]
     new_index: Callable[[Sequence[str]], HourIndex]
-    ids_in: Callable[[bytes], set[int]]  # every record id of one chunk
+    ids_in: Callable[[bytes], set[RecordId]]  # every record id of one chunk
+    id_line: Callable[[RecordId], bytes]  # one line of the ids file, newline-terminated
+    parse_id: Callable[[bytes], RecordId | None]  # an ids file's line (no newline); None: no id
+    published: tuple[str, ...] = ("IDs.txt.xz",)  # output suffixes that go to OSF
+    count_columns: tuple[str, ...] = ()  # the index's own counts, first of the report's extras
+    # Work on the vault once a local day (settings, now) -> one line for the log.
+    daily: Callable[[Settings, datetime], str] | None = None
 
     @property
     def report_columns(self) -> tuple[str, ...]:
         """The day report's columns after the per-server counts, total and diff."""
-        return ("duplicates", "chunks", *self.skip_reasons, "quarantined")
+        return (*self.count_columns, "duplicates", "chunks", *self.skip_reasons, "quarantined")
 
     def output_paths(self, vault: Path, hour: HourKey) -> tuple[Path, ...]:
         folder = vault / hour.day
@@ -143,14 +161,13 @@ class Source:
 
 def source_named(name: str) -> Source:
     """The source called `name` (a helper process is told the name, not the object)."""
-    from collector.sources.x import X_SOURCE
+    if name == "x":
+        from collector.sources.x import X_SOURCE
 
-    known = {X_SOURCE.name: X_SOURCE}
-    if name not in known:
-        raise ValueError(f"unknown source {name!r}")
-    return known[name]
+        return X_SOURCE
+    raise ValueError(f"unknown source {name!r}")
 
 
 def source_for(settings: Settings) -> Source:
-    """The source this host captures and merges: X, the only one so far."""
-    return source_named("x")
+    """The source this host captures and merges (`source` in its settings)."""
+    return source_named(settings.source)

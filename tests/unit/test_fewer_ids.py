@@ -9,13 +9,8 @@ import orjson
 import pytest
 
 from collector.layout import HourKey
-from collector.process.fewer_ids import (
-    FewerIds,
-    UnreadableIds,
-    check_fewer_ids,
-    compare_ids,
-    fewer_ids_alert,
-)
+from collector.process import fewer_ids
+from collector.process.fewer_ids import FewerIds, UnreadableIds, fewer_ids_alert
 from collector.process.write import report_line, reported_servers
 from collector.report import day as daily_report
 from collector.sources.x import X_SOURCE
@@ -23,6 +18,17 @@ from collector.sources.x.merge import HourIndex
 
 REPORT_EXTRA = X_SOURCE.report_columns  # the day report's columns after diff %
 SKIPS = X_SOURCE.skip_reasons
+
+
+def compare_ids(published: list[bytes], merged: list[int], moved_ok: set[int],
+                cap: int = fewer_ids.MISSING_COUNT_CAP) -> fewer_ids.IdComparison:
+    """`fewer_ids.compare_ids` with X's reading of an IDs line."""
+    return fewer_ids.compare_ids(published, merged, moved_ok, X_SOURCE.parse_id, cap)
+
+
+def check_fewer_ids(hour: HourKey, path: Path, merged: list[int],
+                    moved_ok: set[int]) -> FewerIds | None:
+    return fewer_ids.check_fewer_ids(hour, path, merged, moved_ok, X_SOURCE.parse_id)
 
 
 def with_hour(report: daily_report.DayReport, line: daily_report.HourLine,
@@ -169,3 +175,19 @@ def test_a_departed_column_with_no_count_left_goes() -> None:
         "hour\tsrv2\tsrv1\ttotal\tdiff\tdiff %\n09\t5\t5\t5\t0\t0.00\n")
     report = with_hour(report, _line("09", {"srv2": 5}), ("srv2",))
     assert report.columns[:3] == ("hour", "srv2", "total")
+
+
+def test_at_uri_ids_compare_in_byte_order() -> None:
+    """A Bluesky IDs file holds AT-URIs in ascending byte order; the same walk applies."""
+    def at_uri(line: bytes) -> bytes | None:
+        return line if line.startswith(b"at://") else None
+
+    published = [b"at://did:plc:a/app.bsky.feed.post/1\n", b"at://did:plc:b/app.bsky.feed.post/2\n"]
+    merged = [b"at://did:plc:b/app.bsky.feed.post/2"]
+    found = fewer_ids.compare_ids(published, merged, set(), at_uri)
+    assert (found.published, found.missing) == (2, 1)
+    assert found.examples == (b"at://did:plc:a/app.bsky.feed.post/1",)
+    with pytest.raises(UnreadableIds, match="line 2 is not in ascending order"):
+        fewer_ids.compare_ids(list(reversed(published)), merged, set(), at_uri)
+    with pytest.raises(UnreadableIds, match="line 1 is not an id"):
+        fewer_ids.compare_ids([b"123\n"], merged, set(), at_uri)

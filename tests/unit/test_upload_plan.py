@@ -33,6 +33,19 @@ def test_only_ids_files_and_reports_are_published(name: str, published: bool) ->
     assert is_publishable(DAY, name) is published
 
 
+@pytest.mark.parametrize(("name", "published"), [
+    (f"{DAY}_00_IDs.txt.xz", True),
+    (f"{DAY}_00_deletes.txt.xz", True),
+    (f"{DAY}_02b_deletes.txt.xz", True),
+    (f"{DAY}_report.txt", True),
+    (f"{DAY}_00_posts.csv.xz", False),
+    (f"{DAY}_00_deletes.txt", False),
+])
+def test_bluesky_publishes_ids_deletes_and_reports(name: str, published: bool) -> None:
+    assert is_publishable(DAY, name, ("IDs.txt.xz", "deletes.txt.xz")) is published
+    assert is_publishable(DAY, name) is (published and "deletes" not in name)
+
+
 def test_remote_path_is_year_month_day() -> None:
     assert remote_path(DAY, "x.txt") == "2026/10/25/x.txt"
     with pytest.raises(ValueError, match="not a day"):

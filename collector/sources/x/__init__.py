@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from collector.settings import Settings
-from collector.sources import CaptureLoop, CaptureRequest, OutputFile, Source
+from collector.sources import CaptureLoop, CaptureRequest, OutputFile, RecordId, Source
 from collector.sources.x.merge import MAX_SERVERS, HourIndex
 from collector.sources.x.schema import SKIP_REASONS, TWEET_COLUMNS, USER_COLUMNS, tweet_ids_in
 
@@ -28,6 +28,15 @@ def prepare_capture(settings: Settings) -> Callable[[CaptureRequest], CaptureLoo
     return transport.prepare_capture(settings)
 
 
+def id_line(tweet_id: RecordId) -> bytes:
+    return b"%d\n" % tweet_id
+
+
+def parse_id(line: bytes) -> RecordId | None:
+    """A line of an IDs file as a tweet id: ASCII digits only (bytes.isdigit)."""
+    return int(line) if line.isdigit() else None
+
+
 X_SOURCE = Source(
     name="x",
     record_name="tweets",
@@ -38,4 +47,6 @@ X_SOURCE = Source(
     prepare_capture=prepare_capture,
     new_index=HourIndex,
     ids_in=tweet_ids_in,
+    id_line=id_line,
+    parse_id=parse_id,
 )

@@ -157,6 +157,10 @@ class HourIndex:
             counts[server].update({m: n for m, n in minutes.items() if n})
         return counts
 
+    def counts(self) -> dict[str, int]:
+        """X has no counts of its own beyond the skip reasons."""
+        return {}
+
     def sorted_ids(self) -> list[int]:
         return sorted(self.entries)
 
