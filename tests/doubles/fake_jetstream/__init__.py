@@ -59,10 +59,12 @@ it holds the unwanted events in between neither); the log's `missing` lists them
 name, port, seed, epoch, rate, offset, lookback, `missing` runs, `connections`,
 `pending_faults`), `GET`/`POST`/`DELETE /_control/faults`. A connection record has the
 request's path and `cursor`, `start_index`/`start_time_us`, `clamped`, `live`, `compress`,
-`collections`, start and end times, `ended` (how), and the indices sent whole as inclusive
-runs `[[first, last], ...]` ("whole" = the frame was handed to the socket; before a cut the
-fake pauses so a reading client has it). `oracle.created_uris_sent(logs, collections)` turns
-logs into the AT-URIs created, which a collector must hold exactly once.
+`collections`, `dids`, start and end times, `ended` (how), and what was sent whole as
+inclusive runs `[[first, last], ...]` over the connection's filtered view (a run steps over
+events its subscription did not want; `connection_indices` expands it). "Whole" = the frame
+was handed to the socket; before a cut the fake pauses so a reading client has it.
+`oracle.created_uris_sent(logs, collections)` turns logs into the AT-URIs created, which a
+collector must hold exactly once.
 
 Command line (runs until SIGTERM/SIGINT, then exits 0; prints the port):
     python -m tests.doubles.fake_jetstream --port 0 --name east --epoch <unix seconds> \\
@@ -89,6 +91,7 @@ from tests.doubles.fake_jetstream.faults import (
 )
 from tests.doubles.fake_jetstream.fleet import FakeJetstreamFleet
 from tests.doubles.fake_jetstream.oracle import (
+    connection_indices,
     created_uris_sent,
     deleted_uris_sent,
     sent_indices,
@@ -114,6 +117,7 @@ __all__ = [
     "FaultError",
     "Universe",
     "at_uri",
+    "connection_indices",
     "created_uris_sent",
     "decompressor",
     "deleted_uris_sent",

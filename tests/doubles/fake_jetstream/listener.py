@@ -121,7 +121,7 @@ class Listener:
         record = self._records.add(ConnectionRecord(
             id=0, peer=f"{peer[0]}:{peer[1]}", path=connection.request.path,
             start=time.time(), cursor=sub.cursor, compress=sub.compress,
-            collections=list(sub.collections), wanted_dids=len(sub.dids),
+            collections=list(sub.collections), dids=sorted(sub.dids),
             max_message_size=sub.max_message_size, start_index=start.index,
             start_time_us=self._ctx.timeline.stamp(start.index), clamped=start.clamped,
             live=start.live))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tests.doubles.fake_jetstream.query import Subscription
 from tests.doubles.fake_jetstream.records import expand_runs
 from tests.doubles.fake_jetstream.universe import Universe
 
@@ -26,10 +27,20 @@ def universe_of(logs: Sequence[dict[str, Any]]) -> Universe:
     return Universe(seed=seed, epoch=epoch, rate=rate)
 
 
+def connection_indices(connection: dict[str, Any], universe: Universe) -> list[int]:
+    """The event indices one connection record says were sent whole, in send order (its
+    runs step over the events its subscription did not want: see `records`)."""
+    wants = Subscription(tuple(connection["collections"]), frozenset(connection["dids"])).wants
+    return [index for index in expand_runs(connection["whole_runs"])
+            if wants(universe.meta(index))]
+
+
 def sent_indices(logs: Iterable[dict[str, Any]]) -> set[int]:
     """Every event index sent whole on any connection of any of these instances."""
+    logs = list(logs)
+    universe = universe_of(logs)
     return {index for log in logs for connection in log["connections"]
-            for index in expand_runs(connection["whole_runs"])}
+            for index in connection_indices(connection, universe)}
 
 
 def created_uris_sent(logs: Iterable[dict[str, Any]],

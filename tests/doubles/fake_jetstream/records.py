@@ -3,8 +3,15 @@
 
 This record is the oracle of every test and of the lab's fault suite (which events went out
 whole, on which connection, from which start, and how it ended), so it is kept apart from
-the code that sends. Indices sent whole are kept as inclusive runs `[[first, last], ...]`
-in send order; a repeat shows as a run that goes back.
+the code that sends.
+
+What went out whole is kept small as inclusive runs `[[first, last], ...]` in send order,
+over the connection's own filtered view: a run steps over the events its subscription does
+not want (`collections`, `dids`), so a posts-only connection has one run, not one per post;
+every event of a run that the subscription wants was sent whole. A run never steps over an
+event that was wanted but not sent (one the instance never had, or one skipped for
+`maxMessageSizeBytes`), and a repeat shows as a run that goes back.
+`oracle.connection_indices` expands a record into the indices sent.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ class ConnectionRecord:
     cursor: int | None
     compress: bool
     collections: list[str]
-    wanted_dids: int
+    dids: list[str]
     max_message_size: int
     start_index: int
     start_time_us: int
@@ -52,9 +59,11 @@ class ConnectionRecord:
     partial: list[int] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
-    def add_whole(self, index: int) -> None:
+    def add_whole(self, index: int, *, joins: bool = False) -> None:
+        """Event `index` went out whole; `joins`: every event since the last run's end was
+        either sent or not wanted, so the run may step over them."""
         runs = self.whole_runs
-        if runs and runs[-1][1] == index - 1:
+        if runs and (runs[-1][1] == index - 1 or (joins and index > runs[-1][1])):
             runs[-1][1] = index
         else:
             runs.append([index, index])
@@ -82,9 +91,3 @@ class Records:
     def to_json(self) -> list[dict[str, Any]]:
         with self._lock:
             return [record.to_json() for record in self._records]
-
-    def sent_whole(self) -> list[int]:
-        """Indices sent whole on every connection, in connection and send order."""
-        with self._lock:
-            runs = [list(run) for record in self._records for run in record.whole_runs]
-        return expand_runs(runs)

@@ -20,6 +20,7 @@ from tests.doubles.fake_jetstream.faults import Fault, FaultQueue
 from tests.doubles.fake_jetstream.ids import number
 from tests.doubles.fake_jetstream.listener import Listener
 from tests.doubles.fake_jetstream.log import Log
+from tests.doubles.fake_jetstream.oracle import connection_indices
 from tests.doubles.fake_jetstream.records import Records
 from tests.doubles.fake_jetstream.timeline import Timeline
 from tests.doubles.fake_jetstream.universe import Universe
@@ -153,9 +154,11 @@ class FakeJetstream:
         """Every connection so far, oldest first, as JSON-ready dicts."""
         return self._on_loop(self.records.to_json)
 
-    def sent_whole(self) -> list[int]:
-        """Indices sent whole on every connection, in connection and send order."""
-        return self._on_loop(self.records.sent_whole)
+    def sent_whole(self, connection: int = -1) -> list[int]:
+        """Indices sent whole on connection number `connection` (from 1; default the last),
+        in send order."""
+        record = self.connection_log()[connection - 1 if connection > 0 else connection]
+        return connection_indices(record, self.universe)
 
     def log(self) -> dict[str, Any]:
         """What `GET /_control/log` answers: the instance's settings, gaps and connections."""
@@ -166,7 +169,8 @@ class FakeJetstream:
             "jitter_us": self.timeline.jitter_us,
             "lookback_seconds": self.timeline.lookback_seconds,
             "missing": self.timeline.missing(), "refusing": self._listener.refusing,
-            "connections": self.records.to_json(), "pending_faults": self.faults.pending(),
+            "connections": self._on_loop(self.records.to_json),
+            "pending_faults": self.faults.pending(),
         }
 
     def _on_loop(self, function: Callable[[], T]) -> T:

@@ -21,7 +21,7 @@ from tests.doubles.fake_jetstream.query import Subscription
 from tests.doubles.fake_jetstream.records import ConnectionRecord
 from tests.doubles.fake_jetstream.wire import CORRUPT_ZSTD, malformed, padded
 
-REPEAT_LIMIT = 100_000  # how many sent indices a connection remembers for `repeat`
+REPEAT_LIMIT = 10_000  # how many sent indices a connection remembers for `repeat`
 SCAN_LIMIT = 1_000_000  # how far `miss`, `oversized` and a cut look ahead for wanted events
 YIELD_EVERY = 256  # events between two yields to the loop during a long replay
 
@@ -37,6 +37,7 @@ class Session:
         self.record = record
         self.index = record.start_index
         self.sent: deque[int] = deque(maxlen=REPEAT_LIMIT)
+        self.joins = False  # may the next event extend the last run (see records)?
         self.waker = Waker()
         self.closed: asyncio.Future[None] = asyncio.ensure_future(ws.wait_closed())
         self.closed.add_done_callback(lambda _: self.waker.wake())
@@ -58,8 +59,14 @@ class Session:
         return "client went away" if received is None else f"client closed {received.code}"
 
     def _wanted(self, index: int) -> bool:
-        return (not self.ctx.timeline.is_missing(index)
-                and self.sub.wants(self.ctx.universe.meta(index)))
+        """Will this connection send event `index`? (It steps over it otherwise, and a run
+        of the record may not step over one the instance never had.)"""
+        if not self.sub.wants(self.ctx.universe.meta(index)):
+            return False
+        if self.ctx.timeline.is_missing(index):
+            self.joins = False
+            return False
+        return True
 
     def _next_wanted(self, index: int) -> int:
         for candidate in range(index, index + SCAN_LIMIT):
@@ -75,6 +82,7 @@ class Session:
             while True:
                 if ctx.stopping or self.closed.done():
                     record.ended = self._how_it_closed()
+                    await self.ws.close(1001, "server stopping")  # a no-op once closed
                     return
                 if pending is None:
                     pending = ctx.faults.claim(record.id)
@@ -114,14 +122,18 @@ class Session:
         else:
             await self.ws.send(data, text=True)
 
-    async def _send_event(self, index: int, *, check_size: bool = True) -> None:
+    async def _send_event(self, index: int, *, repeat: bool = False) -> None:
+        """Send event `index` unless it is too big for the subscription. A repeat goes out
+        as sent before (no size check) and starts runs of its own in the record."""
         data = self.ctx.universe.wire(index, self.ctx.timeline.stamp(index))
         limit = self.sub.max_message_size
-        if check_size and limit and len(data) > limit:
+        if not repeat and limit and len(data) > limit:
             self.record.skipped_too_big += 1  # Jetstream skips it silently
+            self.joins = False
             return
         await self._send(data)
-        self.record.add_whole(index)
+        self.record.add_whole(index, joins=self.joins and not repeat)
+        self.joins = self.joins if repeat else True
         self.sent.append(index)
 
     async def _fire(self, fault: Fault) -> bool:
@@ -141,7 +153,7 @@ class Session:
                 await self.waker.sleep(left)
         elif kind == "repeat":
             for index in list(self.sent)[-fault.count:]:
-                await self._send_event(index, check_size=False)
+                await self._send_event(index, repeat=True)
         elif kind == "corrupt_frame":
             await self.ws.send(CORRUPT_ZSTD)
         elif kind == "malformed":
