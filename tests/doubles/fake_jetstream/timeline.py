@@ -66,14 +66,13 @@ class Timeline:
 
     def resolve(self, cursor: int | None, now_us: int) -> Start:
         """Where a connection asking for `cursor` (unix microseconds) starts now."""
-        live = self.universe.index_at_us(now_us)
         if cursor is None or cursor > now_us:
-            return Start(live, clamped=False, live=True)
+            return Start(self.universe.index_at_us(now_us), clamped=False, live=True)
         first = self.first_at_or_after(cursor)
         floor = self.floor(now_us)
         if first < floor:
             return Start(floor, clamped=True, live=False)
-        return Start(min(first, live), clamped=False, live=False)
+        return Start(first, clamped=False, live=False)
 
     def first_at_or_after(self, cursor: int) -> int:
         """The first index (in stream order) whose time_us is at least `cursor`."""
