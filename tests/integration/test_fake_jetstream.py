@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 import zstandard
-from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.doubles.fake_jetstream import (
@@ -104,8 +104,7 @@ def test_text_frames_are_the_v1_events_the_log_names(make_js: MakeJs) -> None:
     js = make_js()
     with open_ws(js, since_epoch(js)) as ws:
         frames = [ws.recv(timeout=5) for _ in range(300)]
-    rec = record(js)
-    indices = expand_runs(rec["whole_runs"])[:300]
+    indices = js.sent_whole()[:300]
     assert all(isinstance(frame, str) for frame in frames)
     assert [f.encode() for f in frames if isinstance(f, str)] == [
         js.universe.wire(i, js.timeline.stamp(i)) for i in indices]
@@ -124,7 +123,7 @@ def test_compressed_frames_decompress_with_the_dictionary(make_js: MakeJs) -> No
     js = make_js()
     with open_ws(js, f"{since_epoch(js)}&compress=true") as ws:
         frames = [ws.recv(timeout=5) for _ in range(200)]
-    indices = expand_runs(record(js)["whole_runs"])[:200]
+    indices = js.sent_whole()[:200]
     unzstd = decompressor()
     for frame, index in zip(frames, indices, strict=True):
         assert isinstance(frame, bytes)
@@ -138,6 +137,7 @@ def test_wanted_collections_prefixes_and_identity_account_pass(make_js: MakeJs) 
     js = make_js()
     with open_ws(js, f"{since_epoch(js)}&{POSTS}") as ws:
         events = receive(ws, 300)
+    assert len(record(js)["whole_runs"]) == 1  # a run steps over the unwanted events
     commits = {e["commit"]["collection"] for e in events if e["kind"] == "commit"}
     assert commits == {"app.bsky.feed.post"}
     assert {e["kind"] for e in events} == {"commit", "identity", "account"}
@@ -158,6 +158,28 @@ def test_wanted_dids_and_max_message_size(make_js: MakeJs) -> None:
         frames = [ws.recv(timeout=5) for _ in range(200)]
     assert max(len(f.encode()) for f in frames if isinstance(f, str)) <= 400
     assert record(js)["skipped_too_big"] > 0
+
+
+def test_permessage_deflate_only_when_asked_for(make_js: MakeJs) -> None:
+    plain, deflating = make_js(), make_js(deflate=True)
+    for js, negotiated in ((plain, False), (deflating, True)):
+        with open_ws(js, since_epoch(js), compression="deflate") as ws:
+            receive(ws, 5)
+            extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "") \
+                if ws.response is not None else ""
+            assert ("permessage-deflate" in extensions) == negotiated
+
+
+def test_stop_closes_open_connections_going_away(make_js: MakeJs) -> None:
+    js = make_js()
+    with open_ws(js) as ws:
+        receive(ws, 2)
+        js.stop()
+        with pytest.raises(ConnectionClosedOK) as closed:
+            while True:
+                ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert js.connection_log()[0]["ended"] == "server stopped"
 
 
 def test_bad_requests_get_400_and_other_paths_404(make_js: MakeJs) -> None:
@@ -209,7 +231,7 @@ def test_cursor_replay_resumes_without_a_gap(make_js: MakeJs) -> None:
     log = js.connection_log()
     assert log[1]["cursor"] == resume and not log[1]["clamped"] and not log[1]["live"]
     assert log[1]["start_index"] == js.timeline.first_at_or_after(resume)
-    sent = [expand_runs(r["whole_runs"]) for r in log]
+    sent = [js.sent_whole(1), js.sent_whole(2)]
     assert sent[1][0] <= sent[0][149]  # an overlap (at-least-once), never a gap
     wanted = [i for i in range(sent[0][0], sent[1][149] + 1)
               if js.universe.meta(i).collection in ("app.bsky.feed.post", None)]
@@ -289,7 +311,7 @@ def test_silence_then_the_late_events_as_a_burst(make_js: MakeJs) -> None:
         resumed_us = time.time() * 1e6
         burst = receive(ws, 200)  # about 500 events fell due meanwhile: they come at once
         assert all(event["time_us"] < resumed_us for event in burst)
-    sent = expand_runs(record(js)["whole_runs"])
+    sent = expand_runs(record(js)["whole_runs"])  # no filter: the runs are the indices
     assert sent == list(range(sent[0], sent[-1] + 1))  # nothing skipped
 
 
@@ -301,8 +323,8 @@ def test_repeat_sends_the_previous_events_again(make_js: MakeJs) -> None:
     keys = [key(e) for e in events]
     assert keys[10:14] == keys[6:10] and keys[14] not in keys[:14]
     assert events[10:14] == events[6:10]  # the same time_us too: true repeats
-    runs = record(js, wait=0)["whole_runs"]
-    assert expand_runs(runs)[10:14] == expand_runs(runs)[6:10]
+    sent = js.sent_whole()
+    assert sent[10:14] == sent[6:10] and record(js)["whole_runs"][1][0] == sent[10]  # back
 
 
 def test_corrupt_frame_fails_zstd_then_the_stream_carries_on(make_js: MakeJs) -> None:
