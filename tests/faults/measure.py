@@ -86,10 +86,11 @@ def ids_file_counts(text: str) -> Counter[str]:
     return Counter(line.strip() for line in text.splitlines() if line.strip())
 
 
-def tweets_file_counts(text: str) -> Counter[str]:
-    """How often each id occurs as a row of one decompressed tweets CSV (texts hold newlines)."""
+def tweets_file_counts(text: str, key: str = "id") -> Counter[str]:
+    """How often each id occurs as a row of one decompressed tweets CSV (texts hold newlines);
+    `key` names the id column (Bluesky's posts: `uri`)."""
     rows = csv.DictReader(io.StringIO(text))
-    return Counter(row["id"] for row in rows)
+    return Counter(row[key] for row in rows)
 
 
 @dataclass(frozen=True)

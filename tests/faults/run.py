@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.faults import measure
+from tests.faults import bluesky, measure
 from tests.faults.scenarios import STREAM_UNIT, Lab, Scenario, all_scenarios
 from tests.lab import nspawn
 from tests.lab.fleet import Lab as FleetLab
@@ -134,10 +134,12 @@ def run_scenario(lab: Lab, scenario: Scenario) -> Window:
         problems.append(f"not healthy {HEALTHY_TIMEOUT:g} s after the fault ({lab.unhealthy})")
     time.sleep(TAIL_SECONDS)
     after = lab.api_log()
-    # Only what a host still alive received counts (a destroyed host's records are left out).
-    sent = measure.sent_ids(before, after, lab.gone_connections)
+    if lab.fleet.source == "bluesky":  # every post the network created in the window
+        sent = bluesky.sent_in_window(lab, before, after)
+    else:  # only what a host still alive received (a destroyed host's records are left out)
+        sent = measure.sent_ids(before, after, lab.gone_connections)
     hours = measure.hours_between(started, time.time(), zone or lab.zone or ZONE)
-    if scenario.gapless:
+    if scenario.gapless and lab.fleet.source == "x":
         missed = measure.longest_unreceived_run(before, after)
         seconds = missed / lab.fleet.fake_api_rate
         notes.append(f"longest stretch no host received: {seconds:.1f} s ({missed} messages)")
@@ -169,13 +171,15 @@ def flush(lab: Lab, hours: list[str]) -> None:
 
 
 def outputs(lab: Lab, vault: str, hour: str) -> tuple[Counter[str], Counter[str]]:
-    """Id counts of the hour's IDs file and tweets file on the main (empty if missing)."""
+    """Id counts of the hour's IDs file and its records file (tweets, or Bluesky's posts,
+    keyed by AT-URI) on the main (empty if missing)."""
     day, hh = hour.split("T")
     base = f"{vault}/{day}/{day}_{hh}"
     ids = lab.run(lab.main, f"{UNXZ} {base}_IDs.txt.xz", check=False).stdout
-    tweets = lab.run(lab.main, f"{UNXZ} {base}_tweets.csv.xz", check=False).stdout
+    records, key = (("posts", "uri") if lab.fleet.source == "bluesky" else ("tweets", "id"))
+    rows = lab.run(lab.main, f"{UNXZ} {base}_{records}.csv.xz", check=False).stdout
     return (measure.ids_file_counts(ids),
-            measure.tweets_file_counts(tweets) if tweets else Counter())
+            measure.tweets_file_counts(rows, key) if rows else Counter())
 
 
 def write_evidence(path: Path, windows: list[Window],
@@ -186,6 +190,15 @@ def write_evidence(path: Path, windows: list[Window],
     report = {}
     for window in windows:
         lost = sorted(window.sent - published)
+        if "instances" in window.evidence["after"]:  # Bluesky: the instances' records
+            report[window.scenario.name] = {
+                "started": window.evidence["started"],
+                "injected": window.evidence["injected"], "lost_uris": lost,
+                "connections": {name: [record for record in log["connections"]
+                                       if record not in window.evidence["before"]["instances"]
+                                       [name]["connections"]]
+                                for name, log in window.evidence["after"]["instances"].items()}}
+            continue
         indices = sorted(index for index in measure.whole_indices(window.evidence["after"])
                          if measure.tweet_id(index) in set(lost))
         report[window.scenario.name] = {
@@ -238,12 +251,15 @@ def run_lab(fleet: FleetLab, chosen: list[Scenario], run_at: str, reuse: bool,
             fleet.down()
 
 
-def start_other_lab(fleet: FleetLab, suffix: str, names: list[str], args: argparse.Namespace,
+def start_other_lab(fleet: FleetLab, suffix: str, group: list[Scenario],
+                    args: argparse.Namespace,
                     results: Path) -> tuple[subprocess.Popen[str], threading.Thread]:
-    """This runner again, for the lab `<first lab>-<suffix>` (the first lab's cache and rate),
-    its output prefixed with the lab's name."""
+    """This runner again, for the lab `<first lab>-<suffix>` (the first lab's cache and rate,
+    its scenarios' source), its output prefixed with the lab's name."""
     name = f"{fleet.name}-{suffix}"
+    names = [scenario.name for scenario in group]
     env = dict(os.environ, COLLECTOR_LAB_NAME=name, COLLECTOR_LAB_PREBUILT="1",
+               COLLECTOR_LAB_SOURCE=lab_source(group),
                COLLECTOR_LAB_CACHE=str(fleet.cache_dir),
                COLLECTOR_LAB_RATE=repr(fleet.fake_api_rate),
                COLLECTOR_LAB_INVENTORY=str(fleet.cache_dir / name / "inventory"))
@@ -270,6 +286,15 @@ def other_lab_rows(results: Path) -> LabRun | None:
         return None
     return LabRun([measure.Outcome(**row) for row in data["rows"]], data["failed"],
                   data["hosts"])
+
+
+def lab_source(group: list[Scenario]) -> str:
+    """The source a lab's fleet captures: its scenarios', which must agree."""
+    sources = {scenario.source for scenario in group}
+    if len(sources) > 1:
+        raise ValueError("x and bluesky scenarios cannot share a lab: run them without "
+                         "--one-lab, or one source at a time")
+    return sources.pop() if sources else "x"
 
 
 def by_lab(chosen: list[Scenario], one_lab: bool) -> dict[str, list[Scenario]]:
@@ -305,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     run_at = f"{datetime.now(UTC):%Y-%m-%d %H:%M} {commit()}"
     suite_started = time.monotonic()
     labs = by_lab(chosen, args.one_lab)
+    try:
+        fleet = replace(fleet, source=lab_source(labs[""]))
+        for group in labs.values():
+            lab_source(group)
+    except ValueError as error:
+        parser.error(str(error))
     others = {suffix: group for suffix, group in labs.items() if suffix}
     children = []
     with tempfile.TemporaryDirectory(prefix="faults-") as folder:
@@ -315,9 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             fleet = replace(fleet, wheelhouse_prebuilt=True)
             for suffix, group in others.items():
                 results = Path(folder) / f"lab-{suffix}.json"
-                children.append((results, *start_other_lab(fleet, suffix,
-                                                           [s.name for s in group],
-                                                           args, results)))
+                children.append((results, *start_other_lab(fleet, suffix, group, args,
+                                                           results)))
         try:
             mine = run_lab(fleet, labs[""], run_at, args.reuse, args.keep)
         finally:
@@ -377,7 +407,13 @@ def write_report(scenarios: dict[str, Scenario], rows: list[measure.Outcome], ho
                   if len(rows) < len(scenarios) else ". ")
                + "Regenerate with `make faults` (all scenarios) or `python -m tests.faults.run "
                "--scenario NAME` (that row only). Evidence of each run (lost ids, fake API "
-               "connection records): `faults-evidence.json` in each lab's folder.\n\n"
+               "connection records): `faults-evidence.json` in each lab's folder. "
+               "The `bluesky-*` rows run on a Bluesky fleet (`source=bluesky`) in a lab of "
+               "their own: two fake Jetstream instances serving the same network at the same "
+               "rate in events/s (about a tenth of them posts, the only collection wanted), "
+               "each host on its own instance; there *sent* is every post the network created "
+               "during the window, whether or not an instance ever sent it to a host "
+               "(`tests/faults/bluesky.py`).\n\n"
                + descriptions)
     REPORT.write_text(measure.render(table, context))
     print(measure.render(rows, context))

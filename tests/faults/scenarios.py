@@ -29,7 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tests.lab import nspawn
-from tests.lab.fleet import COLLECTOR, SETTINGS, as_collector
+from tests.lab.fleet import COLLECTOR, JETSTREAM_INSTANCES, SETTINGS, as_collector
 from tests.lab.fleet import Lab as FleetLab
 
 STREAM_UNIT = "collector.service"
@@ -179,8 +179,24 @@ class Lab:
             return json.load(response)
 
     def api_log(self) -> dict[str, Any]:
+        """The fake API's log; on a Bluesky lab, every fake Jetstream instance's log (by
+        instance) and the moment it was read (the window of the network's events)."""
+        if self.fleet.source == "bluesky":
+            return {"at": time.time(),
+                    "instances": {name: self.jetstream(name, "/_control/log")
+                                  for name in JETSTREAM_INSTANCES}}
         log: dict[str, Any] = self._api("/_control/log")
         return log
+
+    def jetstream(self, instance: str, path: str, body: Any = None) -> Any:
+        """One fake Jetstream instance's control API (GET, or POST of `body`)."""
+        port = self.state["processes"][f"jetstream_{instance}"]["port"]
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                         method="GET" if body is None else "POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
 
     def api_faults(self, faults: list[dict[str, Any]]) -> None:
         self._api("/_control/faults", faults)
@@ -367,6 +383,9 @@ class Scenario:
     lab: str = ""
     # Hosts its lab boots with (the largest of its lab's scenarios wins).
     hosts: int = 2
+    # What its lab's fleet captures (`x`, or `bluesky` on fake Jetstream instances): a lab
+    # runs scenarios of one source only (`tests.faults.bluesky`).
+    source: str = "x"
 
 
 # ---- 1. kill -9 of the stream ---------------------------------------------------------------
@@ -627,6 +646,6 @@ def all_scenarios() -> list[Scenario]:
                  lambda lab: lab.send_all(expect_ok=True)),
     ]
     # Scenarios kept in their own modules (imported here: they import this module).
-    from tests.faults import boundaries, destruction, hostfaults, services
+    from tests.faults import bluesky, boundaries, destruction, hostfaults, services
     return (scenarios + services.scenarios() + hostfaults.scenarios() + boundaries.scenarios()
-            + destruction.scenarios())
+            + destruction.scenarios() + bluesky.scenarios())

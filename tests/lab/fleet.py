@@ -10,9 +10,15 @@ fleet of Debian 12 and 13).
     python -m tests.lab.fleet down
 
 Which lab: `Lab.from_env` reads COLLECTOR_LAB_NAME (default `lab`), COLLECTOR_LAB_INVENTORY
-(default inventory/lab/), COLLECTOR_LAB_CACHE, COLLECTOR_LAB_RATE, COLLECTOR_LAB_MIRROR and
-COLLECTOR_LAB_PREBUILT when a command runs; nothing is read at import. The fault suite builds
-its own `Lab`s (tests/faults/run.py).
+(default inventory/lab/), COLLECTOR_LAB_CACHE, COLLECTOR_LAB_RATE, COLLECTOR_LAB_MIRROR,
+COLLECTOR_LAB_PREBUILT and COLLECTOR_LAB_SOURCE (or LAB_SOURCE: `x`, the default, or `bluesky`)
+when a command runs; nothing is read at import. The fault suite builds its own `Lab`s
+(tests/faults/run.py).
+
+`LAB_SOURCE=bluesky make lab` runs the same fleet on the Bluesky source: instead of the fake
+X API, two fake Jetstream instances (`JETSTREAM_INSTANCES`, one process each, the same events
+from the same epoch, each with its own `time_us`), and the role gives each host a different
+one, as it gives each host a different public instance.
 
 `up` builds (or reuses) the cached image and the wheelhouse, starts the test doubles on this
 machine's loopback (fake API with one token per host, fake OSF, SMTP), boots the hosts, writes
@@ -48,6 +54,12 @@ COLLECTOR = "/opt/collector/venv/bin/collector"
 SETTINGS = "/etc/collector/server_settings.txt"
 OSF_PROJECT = "lab01"
 SMTP_USER = "lab"
+SOURCES = ("x", "bluesky")
+# The fake Jetstream instances of a Bluesky lab (state["processes"]["jetstream_<name>"]).
+JETSTREAM_INSTANCES = ("east", "west")
+# Their replay window: the real one is 36 h; two hours cover every outage the lab makes.
+JETSTREAM_LOOKBACK_SECONDS = 7200
+JETSTREAM_SEED = 1
 
 
 # ---- pieces ----------------------------------------------------------------------------------
@@ -118,19 +130,28 @@ class Lab:
     mirror: str = nspawn.DEFAULT_MIRROR
     # Another lab just built the wheelhouse: use it as it is when it is complete.
     wheelhouse_prebuilt: bool = False
+    # What the fleet captures: `x` (the fake X API) or `bluesky` (fake Jetstream instances);
+    # the fake's rate is then events per second.
+    source: str = "x"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Lab:
         """The lab the environment names (`make lab`, Molecule): COLLECTOR_LAB_NAME,
         COLLECTOR_LAB_CACHE, COLLECTOR_LAB_INVENTORY, COLLECTOR_LAB_RATE, COLLECTOR_LAB_MIRROR,
-        COLLECTOR_LAB_PREBUILT=1."""
+        COLLECTOR_LAB_PREBUILT=1, COLLECTOR_LAB_SOURCE (or LAB_SOURCE)."""
+        source = environ.get("COLLECTOR_LAB_SOURCE") or environ.get("LAB_SOURCE") or "x"
+        if source not in SOURCES:
+            raise ValueError(f"LAB_SOURCE={source!r}: choose x or bluesky")
         return cls(name=environ.get("COLLECTOR_LAB_NAME", "lab"),
                    cache_dir=nspawn.cache_dir_from_env(environ),
                    inventory_dir=Path(environ.get("COLLECTOR_LAB_INVENTORY",
                                                   REPO / "inventory" / "lab")),
-                   fake_api_rate=float(environ.get("COLLECTOR_LAB_RATE", "20")),
+                   # Bluesky: events/s of every kind; posts are about a tenth of them.
+                   fake_api_rate=float(environ.get("COLLECTOR_LAB_RATE",
+                                                   "100" if source == "bluesky" else "20")),
                    mirror=nspawn.mirror_from_env(environ),
-                   wheelhouse_prebuilt=environ.get("COLLECTOR_LAB_PREBUILT") == "1")
+                   wheelhouse_prebuilt=environ.get("COLLECTOR_LAB_PREBUILT") == "1",
+                   source=source)
 
     @property
     def lab_dir(self) -> Path:
@@ -198,8 +219,7 @@ class Lab:
         if main not in names:
             raise ValueError(f"the main {main} is not among the inventory's hosts {names}")
         known = {**state.get("gone", {}), **state["hosts"]}
-        ports = {name: state["processes"][name]["port"]
-                 for name in ("fake_api", "fake_osf", "smtp")}
+        ports = {name: record["port"] for name, record in state["processes"].items()}
         lines = ["---",
                  "# Written by `python -m tests.lab.fleet up`; the lab's own throw-away values.",
                  "collectors:", "  children:", "    main:", "      hosts:", f"        {main}:",
@@ -218,10 +238,7 @@ class Lab:
             "ansible_ssh_common_args":
                 "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
             "ansible_python_interpreter": "/usr/bin/python3",
-            "collector_api_base_url": f"http://127.0.0.1:{ports['fake_api']}",
-            # The fake serves backfill as the Enterprise tier does: a restart of every host at
-            # once then loses nothing of what was in flight (tests/faults, kill9-all-hosts).
-            "collector_backfill_minutes": 2,
+            **self.source_vars(ports),
             # Lab time is compressed: a stream with heartbeats but no tweet for 20 s is stalled.
             "collector_stall_seconds": 20,
             "collector_osf_enabled": True,
@@ -249,9 +266,28 @@ class Lab:
             if old.stem not in names:
                 old.unlink()
         for name in names:
+            token = (f"collector_bearer_token: {json.dumps(state['tokens'][name])}\n"
+                     if self.source == "x" else "")
             (self.inventory_dir / "host_vars" / f"{name}.yml").write_text(
-                f"---\nansible_port: {known[name]['port']}\n"
-                f"collector_bearer_token: {json.dumps(state['tokens'][name])}\n")
+                f"---\nansible_port: {known[name]['port']}\n{token}")
+
+    def source_vars(self, ports: Mapping[str, int]) -> dict[str, Any]:
+        """The inventory variables that point the fleet at its source's test doubles."""
+        if self.source == "bluesky":
+            return {
+                "collector_source": "bluesky",
+                # The role gives host i the instance i modulo their number.
+                "collector_jetstream_instances": [
+                    f"ws://127.0.0.1:{ports['jetstream_' + name]}/subscribe"
+                    for name in JETSTREAM_INSTANCES],
+                "collector_jetstream_compress": True,
+            }
+        return {
+            "collector_api_base_url": f"http://127.0.0.1:{ports['fake_api']}",
+            # The fake serves backfill as the Enterprise tier does: a restart of every host at
+            # once then loses nothing of what was in flight (tests/faults, kill9-all-hosts).
+            "collector_backfill_minutes": 2,
+        }
 
     def inventory_hosts(self) -> list[str]:
         """Every host the lab inventory lists (main first)."""
@@ -344,6 +380,9 @@ class Lab:
 
     def rotate(self) -> int:
         """Put the next token of every host in the inventory and run rotate_api_keys.yml."""
+        if self.source != "x":
+            print("a Bluesky fleet has no API keys to rotate", file=sys.stderr)
+            return 1
         state = self.load_state()
         state["tokens"], state["next_tokens"] = state["next_tokens"], state["tokens"]
         self.save_state(state)
@@ -379,10 +418,7 @@ class Lab:
         shutil.rmtree(self.lab_dir / "mail", ignore_errors=True)
         (self.lab_dir / "fake_osf.json").unlink(missing_ok=True)  # a new lab's OSF starts empty
         self.save_state(state)
-        self.start_process(state, "fake_api", ["tests.doubles.fake_api", "--tokens",
-                                               ",".join([*state["tokens"].values(),
-                                                         *state["next_tokens"].values()]),
-                                               "--rate", str(self.fake_api_rate)])
+        self.start_source_doubles(state)
         self.start_process(state, "fake_osf", ["tests.doubles.fake_osf", "--token",
                                                state["osf_token"], "--project", OSF_PROJECT,
                                                "--state-file", str(self.lab_dir / "fake_osf.json")])
@@ -402,6 +438,23 @@ class Lab:
         print(f"{count} hosts up after {time.monotonic() - started:.0f} s", flush=True)
         self.write_inventory(state, names[0])
         return 0
+
+    def start_source_doubles(self, state: dict[str, Any]) -> None:
+        """The fake X API (one token per host, and the next one), or the fake Jetstream
+        instances: one process each, the same events from the same epoch."""
+        if self.source == "bluesky":
+            state["jetstream_epoch"] = epoch = int(time.time())
+            for number, name in enumerate(JETSTREAM_INSTANCES):
+                self.start_process(state, f"jetstream_{name}", [
+                    "tests.doubles.fake_jetstream", "--name", name, "--epoch", str(epoch),
+                    "--seed", str(JETSTREAM_SEED), "--rate", str(self.fake_api_rate),
+                    "--lookback", str(JETSTREAM_LOOKBACK_SECONDS),
+                    "--offset-us", str(number * 1500)])
+            return
+        self.start_process(state, "fake_api", ["tests.doubles.fake_api", "--tokens",
+                                               ",".join([*state["tokens"].values(),
+                                                         *state["next_tokens"].values()]),
+                                               "--rate", str(self.fake_api_rate)])
 
     def cycle(self, state: dict[str, Any], main: str) -> None:
         """One forced hour: push, process the current hour, upload, report; then the summary."""
@@ -440,7 +493,8 @@ class Lab:
                 print(f"{name:12} {status.get('role'):9} {status.get('verdict'):8} "
                       f"{state['hosts'][name].get('suite', nspawn.SUITE):9} "
                       f"{self.installed_target(state, name):14} "
-                      f"tweets={stream.get('tweets')} connected={stream.get('connected')}")
+                      f"{self.record_name}={stream.get('tweets')} "
+                      f"connected={stream.get('connected')}")
         report = self.on_host(state, main,
                               f"tail -n 2 /srv/collector/vault/{day}/{day}_report.txt",
                               check=False)
@@ -452,6 +506,10 @@ class Lab:
             print(f"fake OSF not readable: {error}")
         mails = sorted(Path(state["maildir"]).glob("*.eml")) if state.get("maildir") else []
         print(f"mails received: {len(mails)}")
+
+    @property
+    def record_name(self) -> str:
+        return "records" if self.source == "bluesky" else "tweets"
 
     def status(self) -> int:
         state = self.load_state()

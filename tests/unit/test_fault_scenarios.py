@@ -3,7 +3,10 @@ host's `find -printf '%T@ %p'` listing), and which lab each scenario runs in."""
 
 from __future__ import annotations
 
-from tests.faults.run import by_lab
+import pytest
+
+from tests.faults.bluesky import created_between
+from tests.faults.run import by_lab, lab_source
 from tests.faults.scenarios import Scenario, all_scenarios, chunk_closed_after
 
 LISTING = [
@@ -50,5 +53,32 @@ def test_the_campaign_keeps_the_long_power_cuts_in_labs_beside_the_first() -> No
     assert labs["power-off-secondary"] != labs["power-off-main"]
     # The other labs take short rows after their long wait; the first lab keeps most rows.
     counts = {lab: sum(1 for name in labs if labs[name] == lab) for lab in set(labs.values())}
-    assert set(counts) == {"", "b", "c", "d"}  # d: the rows that destroy hosts
-    assert counts[""] > counts["b"] + counts["c"] + counts["d"]
+    assert set(counts) == {"", "b", "c", "d", "e"}  # d: destroying hosts; e: Bluesky
+    assert counts[""] > counts["b"] + counts["c"] + counts["d"] + counts["e"]
+
+
+def test_bluesky_rows_have_a_lab_of_their_own_and_sources_never_share_one() -> None:
+    scenarios = all_scenarios()
+    sources = {scenario.lab: set() for scenario in scenarios}
+    for scenario in scenarios:
+        sources[scenario.lab].add(scenario.source)
+    assert sources.pop("e") == {"bluesky"}
+    assert all(found == {"x"} for found in sources.values())
+    x, sky = _scenario("kill"), Scenario("sky", "sky", lambda lab: None, lab="e",
+                                         source="bluesky")
+    assert lab_source([x]) == "x" and lab_source([sky]) == "bluesky" and lab_source([]) == "x"
+    with pytest.raises(ValueError, match="cannot share a lab"):
+        lab_source([x, sky])
+
+
+def test_the_bluesky_window_counts_every_post_the_network_created_in_it() -> None:
+    """Event i of the fakes' universe is due at epoch + i / rate: a window of 100 s at 50
+    events/s holds 5,000 events, about a tenth of them post creates."""
+    posts = created_between(1_000_000.0, 50.0, 1_000_100.0, 1_000_200.0)
+    assert 300 < len(posts) < 800
+    assert all(uri.startswith("at://did:plc:") and "/app.bsky.feed.post/" in uri
+               for uri in posts)
+    halves = (created_between(1_000_000.0, 50.0, 1_000_100.0, 1_000_150.0)
+              | created_between(1_000_000.0, 50.0, 1_000_150.0, 1_000_200.0))
+    assert halves == posts
+    assert created_between(1_000_000.0, 50.0, 999_000.0, 999_500.0) == set()

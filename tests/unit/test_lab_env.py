@@ -40,6 +40,26 @@ def test_every_variable_of_the_environment_is_read() -> None:
     assert nspawn.mirror_from_env({}) == nspawn.DEFAULT_MIRROR
 
 
+def test_the_source_of_the_lab() -> None:
+    assert Lab.from_env({}).source == "x"
+    bluesky = Lab.from_env({"LAB_SOURCE": "bluesky"})
+    assert (bluesky.source, bluesky.fake_api_rate, bluesky.record_name) == (
+        "bluesky", 100.0, "records")
+    assert Lab.from_env({"COLLECTOR_LAB_SOURCE": "bluesky", "LAB_SOURCE": "x"}).source == \
+        "bluesky"
+    try:
+        Lab.from_env({"LAB_SOURCE": "mastodon"})
+    except ValueError as error:
+        assert str(error) == "LAB_SOURCE='mastodon': choose x or bluesky"
+    else:
+        raise AssertionError("an unknown LAB_SOURCE was accepted")
+    ports = {"jetstream_east": 7001, "jetstream_west": 7002}
+    assert bluesky.source_vars(ports)["collector_jetstream_instances"] == [
+        "ws://127.0.0.1:7001/subscribe", "ws://127.0.0.1:7002/subscribe"]
+    assert Lab.from_env({}).source_vars({"fake_api": 7000})["collector_api_base_url"] == \
+        "http://127.0.0.1:7000"
+
+
 def test_the_fault_suite_names_its_own_lab_with_its_inventory_in_the_labs_folder() -> None:
     lab = load_fleet({})
     assert (lab.name, lab.lab_dir, lab.fake_api_rate) == ("faults", CACHE / "faults", 60.0)
