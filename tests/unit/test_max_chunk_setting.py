@@ -39,6 +39,7 @@ def render_settings(**overrides: Any) -> str:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     values = {**defaults, "ansible_managed": "Ansible managed", "collector_server_id": "srv1",
               "_collector_venv": "/opt/collector/venv", "_collector_is_main": True,
+              "_collector_bluesky": False,
               "_collector_identity_file": "/etc/collector/ssh/id_ed25519",
               "_collector_known_hosts_file": "/etc/collector/ssh/known_hosts",
               "_collector_secondaries": ["srv2"],
