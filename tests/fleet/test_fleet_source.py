@@ -384,10 +384,10 @@ def test_an_x_fleet_still_needs_a_token_per_host(fleet: Fleet) -> None:
     assert "token-of-" not in result.stdout + result.stderr
 
 
-def rotate(folder: Path, hosts: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def rotate(folder: Path, hosts: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
     (folder / "roles").mkdir()
     (folder / "roles" / "collector").symlink_to(ROLE)
-    return run(folder, ROOT / "playbooks" / "rotate_api_keys.yml", hosts)
+    return run(folder, ROOT / "playbooks" / "rotate_api_keys.yml", hosts, *args)
 
 
 def test_rotating_the_keys_of_a_bluesky_fleet_ends_cleanly(tmp_path: Path) -> None:
@@ -399,6 +399,22 @@ def test_rotating_the_keys_of_a_bluesky_fleet_ends_cleanly(tmp_path: Path) -> No
                 "no API key: nothing to rotate, nothing was changed") in text
     recap = [line.split() for line in result.stdout.splitlines() if " : ok=" in line]
     assert len(recap) == 3 and all("changed=0" in line and "failed=0" in line for line in recap)
+
+
+def test_rotating_the_keys_of_an_x_fleet_still_writes_each_token(tmp_path: Path) -> None:
+    """In check mode (nothing is written, no stream restarts): past the one-source check,
+    every host's token task runs, and no token shows, even with --diff."""
+    hosts = inventory("x")
+    hosts["collectors"]["vars"].update(
+        collector_keys_dir=f"{tmp_path}/{{{{ inventory_hostname }}}}/keys",
+        collector_group=grp.getgrgid(os.getgid()).gr_name)
+    result = rotate(tmp_path, hosts, "--check", "--diff")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert one_line(result.stdout).count("TASK [collector : Write the new API bearer token]") == 3
+    assert "changed: [collector3]" in result.stdout
+    assert "nothing to rotate" not in result.stdout
+    assert "token-of-" not in result.stdout + result.stderr
+    assert not any(tmp_path.glob("collector*/keys"))
 
 
 def test_rotating_the_keys_of_a_mixed_fleet_stops_with_the_sources(tmp_path: Path) -> None:
