@@ -1,0 +1,1 @@
+"""Bluesky Jetstream (SPEC section 8): the second source."""
