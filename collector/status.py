@@ -142,6 +142,7 @@ def stream_part(status: HostStatus, settings: Settings, now: float) -> None:
         "tweets": record.get("tweets", 0),
         "connections": record.get("connections", 0),
         "malformed_lines": record.get("malformed_lines", 0),
+        "replay_gaps": record.get("replay_gaps", 0),
         "stalled": bool(record.get("stalled")),
         "disk_full": bool(record.get("disk_full")),
         "backlog_bytes": record.get("backlog_bytes", 0),

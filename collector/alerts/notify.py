@@ -30,6 +30,9 @@ STREAM_CRASHED = "stream_crashed"
 STREAM_STALLED = "stream_stalled"
 STREAM_FAILING = "stream_failing"
 STREAM_RECOVERED = "stream_recovered"
+# A resumed Jetstream connection replayed from later than its cursor: the instance clamped an
+# old cursor to its replay window, so events in between may be missing on this host.
+STREAM_REPLAY_CLAMPED = "stream_replay_clamped"
 DISK_FULL = "disk_full"
 UPLOAD_FAILING = "upload_failing"
 PROCESS_FAILING = "process_failing"

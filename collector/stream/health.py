@@ -42,6 +42,13 @@ class StreamHealth:
     tweets: int = 0
     heartbeats: int = 0
     malformed_lines: int = 0
+    # Why frames were skipped, per kind (Bluesky: not_json, corrupt_zstd, oversized, ...);
+    # each is counted in malformed_lines too.
+    skipped_frames: dict[str, int] = field(default_factory=dict)
+    # Resumed connections whose replay started later than asked (an old cursor clamped by the
+    # Jetstream instance), and the seconds between (events there may be missing here).
+    replay_gaps: int = 0
+    replay_gap_seconds: float = 0.0
     torn_lines_recovered: int = 0
     connections: int = 0
     connection_attempts: int = 0
