@@ -17,8 +17,8 @@ import zstandard
 
 from collector.layout import chunk_path
 from collector.sources.bluesky import cursor, frames
-from collector.sources.bluesky.frames import FrameHandler, SkippedFrame
-from collector.sources.bluesky.transport import SkipLog, end_failure
+from collector.sources.bluesky.closes import end_failure
+from collector.sources.bluesky.frames import FrameHandler, SkipLog, SkippedFrame
 from collector.stream.backoff import Failure
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "jetstream-samples"

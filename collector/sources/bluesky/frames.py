@@ -26,7 +26,7 @@ a good connection with 1007.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -43,6 +43,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # A frame without its content size is first decompressed into a buffer of this size: asking
 # zstandard for MAX_EVENT_BYTES at once costs a 1 MiB allocation per frame (7x slower).
 FIRST_OUTPUT_GUESS = 64 * 1024
+SKIP_LOG_INTERVAL = 60.0  # at most one log line per skip kind per this many seconds
 COLLECTOR_KEY = "__collector"
 
 # Why a frame was skipped: the keys of the stream health's `skipped_frames`.
@@ -70,6 +71,24 @@ class Event:
     line: bytes  # newline-terminated chunk line
     time_us: int
     is_commit: bool  # commit events are the stream's records (the stall clock's "tweets")
+
+
+@dataclass
+class SkipLog:
+    """When to log a skipped frame: one line per kind per interval, saying how many of that
+    kind went unlogged since, so a flood of bad frames cannot flood the journal."""
+
+    interval: float = SKIP_LOG_INTERVAL
+    last: dict[str, float] = field(default_factory=dict)
+    unlogged: dict[str, int] = field(default_factory=dict)
+
+    def due(self, kind: str, now: float) -> int | None:
+        """None: stay quiet; else log now, and this many went unlogged before."""
+        if now - self.last.get(kind, -self.interval) < self.interval:
+            self.unlogged[kind] = self.unlogged.get(kind, 0) + 1
+            return None
+        self.last[kind] = now
+        return self.unlogged.pop(kind, 0)
 
 
 def load_dictionary() -> bytes:

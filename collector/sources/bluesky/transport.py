@@ -18,11 +18,7 @@ One connection at a time on the stream's reader thread, with `websockets`' sync 
 * a resumed connection whose first event is far later than its cursor was clamped by the
   instance (its replay window is shorter than the outage): warned, alerted, counted.
 
-How a connection's end counts (`end_failure`): a close frame with 1000/1001 (normal, going
-away), 1006 (no close frame: reset, stall abort), 1009 (our `max_size`), 1011 (server
-error), 1012 (restart) and the like are network failures: reconnect at once, then +250 ms per
-short-lived connection. 1008 (policy violation), 1013 (try again later) and 4xxx
-(application codes) mean the server does not want us now: the exponential HTTP backoff.
+How the end of a connection counts for the backoff is `closes.py`'s.
 """
 
 from __future__ import annotations
@@ -31,7 +27,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -46,6 +41,13 @@ from collector.alerts.notify import (
 )
 from collector.settings import Settings
 from collector.sources import CaptureRequest, Deliver
+from collector.sources.bluesky.closes import (
+    NORMAL_CLOSE_CODES,
+    close_code,
+    end_failure,
+    retry_after,
+    short,
+)
 from collector.sources.bluesky.cursor import (
     SECOND_US,
     cursor_from_chunks,
@@ -58,6 +60,7 @@ from collector.sources.bluesky.cursor import (
 from collector.sources.bluesky.frames import (
     LIBRARY_MAX_SIZE,
     FrameHandler,
+    SkipLog,
     SkippedFrame,
     load_dictionary,
     preview,
@@ -69,58 +72,11 @@ log = logging.getLogger("collector.capture")
 
 ALERT_AFTER_FAILURES = 5  # alert once a failure run lasts this many attempts
 RECV_POLL = 1.0  # seconds a read waits before looking at `stop` again
-MAX_QUEUE = 1024  # frames the library reads ahead of the reader thread
-SKIP_LOG_INTERVAL = 60.0  # at most one log line per skip kind per this many seconds
+# Frames the library reads ahead of the reader thread: plenty at ~2,000 events/s, and a bound
+# on memory (MAX_QUEUE x LIBRARY_MAX_SIZE = 512 MiB if an instance sent nothing but 16 MiB
+# frames faster than they are skipped; ~20 kB at the usual few hundred bytes a frame).
+MAX_QUEUE = 32
 USER_AGENT = f"collector/{__version__} (research capture; Jetstream v1 client)"
-# Close codes by which the server says "not now" (policy, overload, application codes).
-REFUSING_CLOSE_CODES = frozenset({1008, 1013})
-
-
-def end_failure(code: int | None) -> Failure:
-    """How the end of an established connection with close `code` counts for the backoff
-    (None: no close frame, i.e. reset, timeout or our own abort)."""
-    if code is not None and (code in REFUSING_CLOSE_CODES or 4000 <= code < 5000):
-        return Failure.HTTP
-    return Failure.NETWORK
-
-
-def close_code(closed: ConnectionClosed) -> tuple[int | None, str]:
-    """The close code that ended a connection and who chose it, for the log and backoff."""
-    if closed.rcvd is not None:
-        reason = f" ({closed.rcvd.reason[:100]})" if closed.rcvd.reason else ""
-        return closed.rcvd.code, f"closed by the server with {closed.rcvd.code}{reason}"
-    if closed.sent is not None:
-        reason = f" ({closed.sent.reason[:100]})" if closed.sent.reason else ""
-        return closed.sent.code, f"closed by the collector with {closed.sent.code}{reason}"
-    return None, "connection lost without a close frame"
-
-
-def retry_after(error: InvalidStatus) -> float | None:
-    """Seconds a 429/503's Retry-After asks for (delta-seconds only), if it says."""
-    value = error.response.headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else None
-
-
-def _short(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:200]}"
-
-
-@dataclass
-class SkipLog:
-    """One log line per skip kind per interval, with how many were not logged since."""
-
-    interval: float = SKIP_LOG_INTERVAL
-    last: dict[str, float] = field(default_factory=dict)
-    unlogged: dict[str, int] = field(default_factory=dict)
-
-    def due(self, kind: str, now: float) -> int | None:
-        """None: stay quiet; else log now, and this many went unlogged before."""
-        if now - self.last.get(kind, -self.interval) < self.interval:
-            self.unlogged[kind] = self.unlogged.get(kind, 0) + 1
-            return None
-        self.last[kind] = now
-        return self.unlogged.pop(kind, 0)
 
 
 class JetstreamCapture:
@@ -156,7 +112,7 @@ class JetstreamCapture:
                     self._read(connection, cursor)
             except Exception as error:  # a bug or a surprise: log one line, reconnect
                 self.health.count_failure("unexpected")
-                log.error("the stream reader failed unexpectedly: %s", _short(error))
+                log.error("the stream reader failed unexpectedly: %s", short(error))
                 if self.connection is not None:
                     self._close(self.connection)
                     self.connection = None
@@ -211,7 +167,7 @@ class JetstreamCapture:
                                      f"HTTP {status} {error.response.reason_phrase}")
             return None
         except (OSError, InvalidHandshake) as error:  # refused, DNS, TLS, timeout, not WS
-            self._attempt_failed(Failure.NETWORK, "connect", _short(error))
+            self._attempt_failed(Failure.NETWORK, "connect", short(error))
             return None
         self.connection = connection
         if self.stop.is_set():  # stop came while connecting: abort() found no connection
@@ -292,13 +248,13 @@ class JetstreamCapture:
         if self.stalled_for is not None:
             how = f"stalled: no event for {self.stalled_for:.0f} s"
             self.health.count_failure("stall")
-        elif code not in (1000, 1001) or events == 0:
+        elif code not in NORMAL_CLOSE_CODES or events == 0:
             self.health.count_failure(f"close_{code}" if code is not None else "lost")
         self.policy.connection_ended(lasted, end_failure(code))
         self.last_attempt_end = time.monotonic()
         self.health.last_error = how
         resume = self.resume_cursor()
-        level = logging.INFO if code in (1000, 1001) and events else logging.WARNING
+        level = logging.INFO if code in NORMAL_CLOSE_CODES and events else logging.WARNING
         log.log(level, "stream disconnected after %.1f s and %d event(s): %s; resuming %s",
                 lasted, events, how,
                 f"from {utc_text(resume)}" if resume is not None else "at the live tail")
