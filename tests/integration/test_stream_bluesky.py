@@ -30,6 +30,7 @@ import pytest
 import zstandard
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from collector.sources.bluesky.frames import load_dictionary
@@ -93,6 +94,8 @@ class MiniJetstream:
         self.oldest = 0  # index of the oldest event kept (the replay window's start)
         self.offset_us = 0
         self.paused = False
+        self.refusals: list[int] = []  # HTTP statuses for the next handshakes
+        self.refused = 0
         self.connections: list[Connection] = []
         self.lock = threading.Lock()
         self.random = random.Random(7)
@@ -139,6 +142,11 @@ class MiniJetstream:
             [c for c in self.connections if not c.closed][-1].silent_until = (
                 time.monotonic() + seconds)
 
+    def refuse(self, *statuses: int) -> None:
+        """Answer the next handshakes with these HTTP statuses instead of a WebSocket."""
+        with self.lock:
+            self.refusals.extend(statuses)
+
     def advance(self, seconds: int) -> None:
         """The instance moves on and forgets all it has: an older cursor will be clamped."""
         with self.lock:
@@ -165,7 +173,8 @@ class MiniJetstream:
 
     async def _main(self) -> None:
         self.stopping = asyncio.Event()
-        async with serve(self._handle, "127.0.0.1", 0, max_size=None) as server:
+        async with serve(self._handle, "127.0.0.1", 0, max_size=None,
+                         process_request=self._refuse) as server:
             self.port = _port(server)
             self.started.set()
             generator = asyncio.create_task(self._generate())
@@ -194,6 +203,14 @@ class MiniJetstream:
         if "commit" in event:
             event["commit"] = {**event["commit"], "rkey": f"3mini{n:09d}"}
         return orjson.dumps(event)
+
+    def _refuse(self, websocket: ServerConnection, _request: Request) -> Response | None:
+        with self.lock:
+            if not self.refusals:
+                return None
+            self.refused += 1
+            status = self.refusals.pop(0)
+        return websocket.respond(status, "refused by the test\n")
 
     def _start_index(self, cursor: int | None) -> int:
         if cursor is None:
@@ -396,20 +413,29 @@ def test_a_broken_connection_resumes_from_the_rewound_cursor(
     assert "stream disconnected after" in run.log and expected in run.log
 
 
+@pytest.mark.parametrize("end", ["sigterm", "sigkill"])
 def test_a_restart_resumes_from_its_chunks_without_a_gap(write_settings: SettingsWriter,
                                                          jetstream: MiniJetstream,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, end: str) -> None:
     run = make_run(write_settings, jetstream, tmp_path)
     run.start()
     wait_for(lambda: jetstream.sent() >= 100, 30, "100 events", context(jetstream, run))
-    assert run.stop() == 0
-    on_disk = run.events()
+    if end == "sigterm":
+        assert run.stop() == 0
+        on_disk = run.events()
+    else:  # a crash: the open chunk is recovered at the next start, its torn line dropped
+        time.sleep(0.6)  # one write of the open chunk at least
+        run.kill()
+        assert run.part_files()
+        on_disk = [line[: line.rindex(MARK)] + b"}" for path in run.part_files()
+                   for line in path.read_bytes().split(b"\n")[:-1]]
     time.sleep(1.5)  # events the instance keeps while this host is down
     run.start()
     wait_for(lambda: jetstream.opened() >= 2 and len(jetstream.connections[1].sent) >= 250, 30,
              "the restarted stream to catch up", context(jetstream, run))
     assert jetstream.connections[1].cursor == cursor_after(on_disk)
     assert "resuming from" in run.log
+    assert ("ALERT stream_crashed" in run.log) is (end == "sigkill")
     stop_quietly(jetstream, run)
     assert_no_gap(jetstream, run, jetstream.first_index_sent(jetstream.connections[0]))
 
@@ -476,3 +502,21 @@ def test_a_clamped_replay_is_warned_and_alerted(write_settings: SettingsWriter,
     stop_quietly(jetstream, run)
     health = run.health()
     assert health["replay_gaps"] == 1 and 590 < health["replay_gap_seconds"] < 620
+
+
+def test_refused_handshakes_back_off_and_alert_once(write_settings: SettingsWriter,
+                                                   jetstream: MiniJetstream,
+                                                   tmp_path: Path) -> None:
+    jetstream.refuse(503, 503, 503, 503, 503, 503, 429)
+    run = make_run(write_settings, jetstream, tmp_path)
+    run.start()
+    wait_for(lambda: jetstream.sent() >= 50, 60, "events after the refusals",
+             context(jetstream, run))
+    assert jetstream.refused == 7
+    stop_quietly(jetstream, run)
+    assert "stream connection failed (http_503): HTTP 503" in run.log
+    assert "stream connection failed (http_429)" in run.log
+    assert run.log.count("ALERT stream_failing") == 1  # the fifth 503, once per streak
+    health = run.health()
+    assert health["failures"]["http_503"] == 6 and health["failures"]["http_429"] == 1
+    assert health["connection_attempts"] == 8 and health["connections"] == 1
