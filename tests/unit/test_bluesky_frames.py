@@ -14,10 +14,14 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 import zstandard
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close
+from websockets.http11 import Response
 
 from collector.layout import chunk_path
 from collector.sources.bluesky import cursor, frames
-from collector.sources.bluesky.closes import end_failure
+from collector.sources.bluesky.closes import close_code, end_failure, retry_after
 from collector.sources.bluesky.frames import FrameHandler, SkipLog, SkippedFrame
 from collector.stream.backoff import Failure
 
@@ -331,6 +335,23 @@ def test_symlinked_folders_are_not_followed(tmp_path: Path) -> None:
 )
 def test_close_codes_map_to_backoff_kinds(code: int | None, failure: Failure) -> None:
     assert end_failure(code) is failure
+
+
+def test_close_codes_say_who_closed() -> None:
+    assert close_code(ConnectionClosed(Close(1011, "boom"), None)) == (
+        1011, "closed by the server with 1011 (boom)")
+    assert close_code(ConnectionClosed(None, Close(1009, ""))) == (
+        1009, "closed by the collector with 1009")
+    assert close_code(ConnectionClosed(None, None)) == (
+        None, "connection lost without a close frame")
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("7", 7.0), ("", None), ("soon", None),
+                                                 ("Wed, 21 Oct 2026 07:28:00 GMT", None)])
+def test_retry_after_in_seconds_only(header: str, seconds: float | None) -> None:
+    headers = Headers({"Retry-After": header} if header else {})
+    error = InvalidStatus(Response(429, "Too Many Requests", headers))
+    assert retry_after(error) == seconds
 
 
 def test_skip_log_says_once_a_minute_per_kind_how_many_it_left_out() -> None:

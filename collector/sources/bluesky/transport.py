@@ -39,6 +39,7 @@ from collector.alerts.notify import (
     STREAM_STALLED,
     Notifier,
 )
+from collector.errors import CollectorError
 from collector.settings import Settings
 from collector.sources import CaptureRequest, Deliver
 from collector.sources.bluesky.closes import (
@@ -327,10 +328,19 @@ def prepare_capture(settings: Settings) -> Callable[[CaptureRequest], JetstreamC
     """Load the zstd dictionary now (a broken install fails before the stream touches
     anything); the returned builder finds the start cursor in this host's chunks, which the
     stream has recovered by then, and makes the capture loop."""
-    dictionary = load_dictionary()
+    try:
+        dictionary = load_dictionary()
+    except OSError as error:
+        raise CollectorError(f"cannot read Jetstream's zstd dictionary shipped with the "
+                             f"collector ({error.strerror}); reinstall it") from None
 
     def build(request: CaptureRequest) -> JetstreamCapture:
-        found = cursor_from_chunks(settings.data_storage_dst, settings.server_id, time.time())
+        try:
+            found = cursor_from_chunks(settings.data_storage_dst, settings.server_id,
+                                       time.time())
+        except OSError as error:  # never guess a cursor: a live tail could skip events
+            raise CollectorError(f"cannot read this host's chunks under "
+                                 f"{settings.data_storage_dst} to resume from: {error}") from None
         if found is None:
             start = None
             log.info("no Jetstream event in this host's chunks: starting at the live tail")
