@@ -1,0 +1,270 @@
+"""Merging one hour of Bluesky: chunk lines in, the hour's AT-URIs, posts and deletes out (pure).
+
+Like X's merge it runs in two passes (see `HourIndex`): pass 1 parses every line and keeps one
+small entry per distinct created record; pass 2 reads the kept lines of the posts back in uri
+order and renders each row once, straight into the compressors.
+
+The rules (SPEC section 8):
+
+* a record of the hour is a distinct AT-URI created (`operation` `create`) in it, in any
+  collection captured: they make the IDs file and the report's `total`;
+* the posts file holds one row per created `app.bsky.feed.post` that was not deleted in the
+  same hour; a post created and deleted within the hour stays in the IDs file (it was
+  created, and published ids stay published) and is listed in the deletes file;
+* the deletes file lists every distinct AT-URI deleted in the hour, whatever its collection;
+* updates are no creates: they neither add an id nor change a row (the row shows the
+  version created); identity and account events are no records. Neither is an error: both
+  are only counted for the log line;
+* repeats (an instance's replay after a reconnect, several instances, several servers) are
+  removed by AT-URI. The copy kept is the one retrieved first (`__collector.retrieved_at`),
+  ties going to the first one read; chunks are always read in the same order (servers in
+  settings order, then chunk name, then line), so every output byte is deterministic. Every
+  create or delete line after the first of its AT-URI counts as a duplicate.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from collector.lines import SKIP_NOT_JSON, SKIP_TORN, parse_json_line, split_chunk
+from collector.sources import LineReader
+from collector.sources.bluesky.schema import (
+    CREATE,
+    NO_RETRIEVED_AT,
+    NOT_RECORDS,
+    UPDATE,
+    is_post_uri,
+    record_action,
+    render_post_row,
+    retrieval_key,
+)
+
+MAX_SERVERS = 64
+
+# Pass 1 keeps, per distinct created AT-URI, one `bytes` entry: this header (server mask,
+# chunk number, line offset, line length), then the retrieval key (the rest, ~32 bytes).
+ENTRY = struct.Struct("<QIII")
+ENTRY_SIZE = ENTRY.size
+# Where pass 2 finds a post's line: an entry's header without the mask.
+LOCATION = struct.Struct("<III")
+
+
+@dataclass
+class HourIndex:
+    """Pass 1 of an hour's merge: where the kept copy of every created record is, and the
+    hour's deleted AT-URIs.
+
+    An entry is ~50 bytes beside its AT-URI key (~70 bytes), so an hour of 200,000 posts
+    holds ~45 MB of index; the deletes are a set of AT-URIs (a few percent of the events),
+    since only their existence matters. The coverage counts are per server and minute.
+
+    Call `add_chunk` for every chunk in a fixed order (servers in `servers` order, then
+    chunk name), which makes the copy kept for a repeated AT-URI deterministic.
+    """
+
+    servers: Sequence[str]
+    entries: dict[bytes, bytes] = field(default_factory=dict)
+    deletes: set[bytes] = field(default_factory=set)
+    skipped: Counter[str] = field(default_factory=Counter)
+    # events that are no records (updates, identity and account events), by kind
+    not_records: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    lines: int = 0
+    chunks: int = 0
+    # server -> minute of the hour -> distinct records the server saw created in that minute
+    coverage: dict[str, dict[int, int]] = field(default_factory=dict)
+    _minute_key: tuple[int, int] | None = field(default=None, repr=False)
+    _minute_ids: set[bytes] = field(default_factory=set, repr=False)
+
+    def add_chunk(self, server_index: int, data: bytes, minute: int = 0,
+                  chunk_no: int | None = None) -> int:
+        """Index every line of one chunk of server number `server_index`; returns the
+        chunk's number (by default, how many chunks came before), which pass 2's line
+        reader receives back. `minute` is the chunk's minute, for the coverage counts."""
+        if chunk_no is None:
+            chunk_no = self.chunks
+        self.chunks += 1
+        self._enter_minute(server_index, minute)
+        minute_ids = self._minute_ids
+        mask = 1 << server_index
+        entries, deletes = self.entries, self.deletes
+        offset = 0
+        for line, maybe_torn in split_chunk(data):
+            line_offset = offset
+            offset += len(line) + 1
+            if not line.strip():
+                continue  # a blank line: no event
+            self.lines += 1
+            event = parse_json_line(line)
+            action, uri = record_action(event)
+            if uri is None:
+                if action in NOT_RECORDS:
+                    self.not_records[action] += 1
+                else:
+                    self.skipped[SKIP_TORN if maybe_torn and event is None else
+                                 SKIP_NOT_JSON if event is None else action] += 1
+                continue
+            if action != CREATE:  # a delete
+                if uri in deletes:
+                    self.duplicates += 1
+                else:
+                    deletes.add(uri)
+                continue
+            minute_ids.add(uri)
+            kept = entries.get(uri)
+            new_key = retrieval_key(event)
+            if kept is None:
+                entries[uri] = ENTRY.pack(mask, chunk_no, line_offset, len(line)) + new_key
+                continue
+            # A repeat: it replaces the kept copy only if it was retrieved first.
+            self.duplicates += 1
+            both = int.from_bytes(kept[:8], "little") | mask
+            if new_key < kept[ENTRY_SIZE:]:
+                entries[uri] = ENTRY.pack(both, chunk_no, line_offset, len(line)) + new_key
+            else:
+                entries[uri] = both.to_bytes(8, "little") + kept[8:]
+        return chunk_no
+
+    def _enter_minute(self, server_index: int, minute: int) -> None:
+        key = (server_index, minute)
+        if key != self._minute_key:
+            self._close_minute()
+            self._minute_key = key
+
+    def _close_minute(self) -> None:
+        if self._minute_key is not None:
+            server_index, minute = self._minute_key
+            minutes = self.coverage.setdefault(self.servers[server_index], {})
+            minutes[minute] = minutes.get(minute, 0) + len(self._minute_ids)
+        self._minute_ids = set()
+        self._minute_key = None
+
+    def minute_counts(self) -> dict[str, dict[int, int]]:
+        """Distinct created records per server and minute (servers without any included)."""
+        self._close_minute()
+        counts: dict[str, dict[int, int]] = {server: {} for server in self.servers}
+        for server, minutes in self.coverage.items():
+            counts[server].update({m: n for m, n in minutes.items() if n})
+        return counts
+
+    def counts(self) -> dict[str, int]:
+        """The report's `deletes`: distinct AT-URIs deleted in the hour."""
+        return {"deletes": len(self.deletes)}
+
+    def server_counts(self) -> list[int]:
+        """Distinct created records each server captured, in `servers` order."""
+        by_mask = Counter(entry[:8] for entry in self.entries.values())
+        masks = {int.from_bytes(mask, "little"): n for mask, n in by_mask.items()}
+        return [sum(n for mask, n in masks.items() if mask >> i & 1)
+                for i in range(len(self.servers))]
+
+    def drop_received_earlier(self, earlier_ids: set[bytes]) -> int:
+        """Remove the records the previous hour already saw created; returns how many.
+
+        A record belongs to the hour of its first receipt by any server, so a create
+        received again in this hour (a replay, or two servers' clocks either side of the
+        hour) is not published twice. Each removed one counts as a duplicate; the coverage
+        counts keep it (they describe capture). Deletes are not affected: one seen in both
+        hours is listed in both deletes files, which says nothing wrong.
+        """
+        entries = self.entries
+        dropped = [uri for uri in earlier_ids if uri in entries]
+        for uri in dropped:
+            del entries[uri]
+        self.duplicates += len(dropped)
+        return len(dropped)
+
+    def absorb(self, later: HourIndex) -> None:
+        """Merge in the index of the chunks that come after this one's in reading order.
+
+        Gives exactly what indexing all chunks in one object would: the kept copy is the
+        first one with the smallest retrieval key, so `later`'s wins only when strictly
+        earlier; every create or delete after an AT-URI's first counts as a duplicate.
+        `later` must start at a new (server, minute), so coverage counts simply add up.
+        """
+        self._close_minute()
+        later._close_minute()
+        entries = self.entries
+        for uri, entry in later.entries.items():
+            kept = entries.get(uri)
+            if kept is None:
+                entries[uri] = entry
+                continue
+            self.duplicates += 1
+            both = (int.from_bytes(kept[:8], "little")
+                    | int.from_bytes(entry[:8], "little")).to_bytes(8, "little")
+            winner = entry if _key(entry) < _key(kept) else kept
+            entries[uri] = both + winner[8:]
+        repeated = len(self.deletes & later.deletes)
+        self.deletes |= later.deletes
+        self.duplicates += repeated + later.duplicates
+        self.skipped.update(later.skipped)
+        self.not_records.update(later.not_records)
+        self.lines += later.lines
+        self.chunks += later.chunks
+        for server, minutes in later.coverage.items():
+            mine = self.coverage.setdefault(server, {})
+            for minute, count in minutes.items():
+                mine[minute] = mine.get(minute, 0) + count
+
+    def plan(self) -> MergePlan:
+        """What pass 2 needs, compactly, so the index can be dropped before compression:
+        the AT-URIs ascending (the keys themselves, no copies), the positions and line
+        locations of the posts to render, and the deletes ascending."""
+        ids = sorted(self.entries)
+        deletes = self.deletes
+        entries = self.entries
+        posts = array("I")
+        locations = bytearray()
+        for position, uri in enumerate(ids):
+            if uri not in deletes and is_post_uri(uri):
+                posts.append(position)
+                locations += entries[uri][8:ENTRY_SIZE]
+        return MergePlan(ids, posts, bytes(locations), sorted(deletes),
+                         dict(self.not_records))
+
+
+def _key(entry: bytes) -> bytes:
+    """An entry's retrieval key (`schema.retrieval_key`: never empty)."""
+    return entry[ENTRY_SIZE:] or NO_RETRIEVED_AT
+
+
+@dataclass
+class MergePlan:
+    """Pass 2's input: AT-URIs ascending, the posts to render (positions in `ids`, and
+    `LOCATION` records in the same order), and the deleted AT-URIs ascending."""
+
+    ids: Sequence[bytes]
+    posts: array[int]
+    locations: bytes
+    deletes: list[bytes]
+    not_records: dict[str, int]
+
+    def post_rows(self, read_line: LineReader) -> Iterator[bytes]:
+        """The posts CSV rows, ascending by uri, rendered from the kept lines."""
+        for number, position in enumerate(self.posts):
+            chunk_no, offset, length = LOCATION.unpack_from(self.locations,
+                                                            number * LOCATION.size)
+            uri = self.ids[position]
+            event = parse_json_line(read_line(chunk_no, offset, length))
+            if record_action(event) != (CREATE, uri):
+                raise RuntimeError(f"the line of {uri.decode()} changed on disk during the "
+                                   f"merge")
+            yield render_post_row(uri, event)
+
+    def delete_rows(self) -> Iterator[bytes]:
+        return (uri + b"\n" for uri in self.deletes)
+
+    def output_rows(self, read_line: LineReader) -> list[Iterator[bytes]]:
+        """The posts rows, then the deletes lines (the order of `BLUESKY_SOURCE.outputs`)."""
+        return [self.post_rows(read_line), self.delete_rows()]
+
+    def summary(self) -> str:
+        updates = self.not_records.get(UPDATE, 0)
+        others = sum(self.not_records.values()) - updates
+        return (f"{len(self.ids)} records, {len(self.posts)} posts, {len(self.deletes)} "
+                f"deletes; not merged: {updates} updates, {others} identity/account events")
