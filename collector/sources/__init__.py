@@ -165,6 +165,10 @@ def source_named(name: str) -> Source:
         from collector.sources.x import X_SOURCE
 
         return X_SOURCE
+    if name == "bluesky":
+        from collector.sources.bluesky import BLUESKY_SOURCE
+
+        return BLUESKY_SOURCE
     raise ValueError(f"unknown source {name!r}")
 
 
