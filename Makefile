@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := jq xz-utils rsync openssh-server openssh-client debootstrap systemd-container openssl e2fsprogs mount
 LAB_SECONDS ?= 60
 
-.PHONY: all deps venv lint test unit integration bench bench-stream bench-process bench-replication bench-bluesky-ingest lock lab lab-down lab-status lab-local wheelhouse ansible-lint molecule faults clean
+.PHONY: all deps venv lint test unit integration bench bench-stream bench-process bench-bluesky bench-bluesky-ingest bench-replication lock lab lab-down lab-status lab-local wheelhouse ansible-lint molecule faults clean
 
 all: test
 
@@ -57,13 +57,16 @@ test: deps venv lint
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory molecule faults; \
 	 else echo "molecule and faults skipped: booting nspawn hosts needs root"; fi
 
-bench: deps venv bench-stream bench-process bench-replication bench-bluesky-ingest
+bench: deps venv bench-stream bench-process bench-bluesky bench-bluesky-ingest bench-replication
 
 bench-stream: venv
 	$(PY) -m bench.bench_stream
 
 bench-process: venv
 	$(PY) -m bench.bench_process
+
+bench-bluesky: venv
+	$(PY) -m bench.bench_bluesky_merge
 
 bench-replication: venv
 	$(PY) -m bench.bench_replication

@@ -52,7 +52,7 @@ def capture_line(event: dict[str, Any], retrieved_at: str, url: str = JETSTREAM_
 
 
 def _base32(n: int, salt: bytes, length: int) -> str:
-    digest = hashlib.blake2b(n.to_bytes(8, "little"), digest_size=20, salt=salt).digest()
+    digest = hashlib.blake2b(n.to_bytes(8, "little"), digest_size=40, salt=salt).digest()
     return base64.b32encode(digest).decode().lower()[:length]
 
 
