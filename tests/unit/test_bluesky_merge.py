@@ -22,6 +22,7 @@ from collector.process.fewer_ids import compare_ids
 from collector.sources import source_named
 from collector.sources.bluesky import BLUESKY_SOURCE
 from collector.sources.bluesky.merge import ENTRY, HourIndex
+from collector.sources.bluesky.packed import PackedUris
 from collector.sources.bluesky.schema import (
     POST_COLUMNS,
     SKIP_BAD_COMMIT,
@@ -367,3 +368,15 @@ def test_ids_lines_read_back_and_the_fewer_ids_guard_compares_them() -> None:
     found = compare_ids(lines, uris[1:], set(), parse_id)
     assert (found.published, found.missing, found.examples) == (5, 1, (uris[0],))
     assert compare_ids(lines, uris, set(), parse_id).missing == 0
+
+
+def test_packed_uris_read_like_a_list_of_the_uris() -> None:
+    uris = [b"at://a/b/1", b"at://a/b/22", b"at://c/d/333"]
+    packed = PackedUris(uris)
+    assert list(packed) == uris and len(packed) == 3
+    assert [packed[i] for i in (0, 1, 2, -1, -3)] == [*uris, uris[2], uris[0]]
+    assert packed[1:] == uris[1:] and packed.text == b"".join(u + b"\n" for u in uris)
+    with pytest.raises(IndexError):
+        packed[3]
+    empty = PackedUris([])
+    assert list(empty) == [] and len(empty) == 0 and empty.text == b""

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from collector.lines import SKIP_NOT_JSON, SKIP_TORN, parse_json_line, split_chunk
 from collector.sources import LineReader
+from collector.sources.bluesky.packed import PackedUris
 from collector.sources.bluesky.schema import (
     CREATE,
     NO_RETRIEVED_AT,
@@ -212,9 +213,9 @@ class HourIndex:
                 mine[minute] = mine.get(minute, 0) + count
 
     def plan(self) -> MergePlan:
-        """What pass 2 needs, compactly, so the index can be dropped before compression:
-        the AT-URIs ascending (the keys themselves, no copies), the positions and line
-        locations of the posts to render, and the deletes ascending."""
+        """What pass 2 needs, compactly, so the index can be dropped (and its memory given
+        back whole: see `PackedUris`) before compression: the AT-URIs ascending, the
+        positions and line locations of the posts to render, and the deletes ascending."""
         ids = sorted(self.entries)
         deletes = self.deletes
         entries = self.entries
@@ -224,8 +225,8 @@ class HourIndex:
             if uri not in deletes and is_post_uri(uri):
                 posts.append(position)
                 locations += entries[uri][8:ENTRY_SIZE]
-        return MergePlan(ids, posts, bytes(locations), sorted(deletes),
-                         dict(self.not_records))
+        return MergePlan(PackedUris(ids), posts, bytes(locations),
+                         PackedUris(sorted(deletes)), dict(self.not_records))
 
 
 def _key(entry: bytes) -> bytes:
@@ -238,10 +239,10 @@ class MergePlan:
     """Pass 2's input: AT-URIs ascending, the posts to render (positions in `ids`, and
     `LOCATION` records in the same order), and the deleted AT-URIs ascending."""
 
-    ids: Sequence[bytes]
+    ids: PackedUris
     posts: array[int]
     locations: bytes
-    deletes: list[bytes]
+    deletes: PackedUris
     not_records: dict[str, int]
 
     def post_rows(self, read_line: LineReader) -> Iterator[bytes]:
