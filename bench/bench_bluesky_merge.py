@@ -1,6 +1,6 @@
 """`make bench-bluesky`: `collector process` (source=bluesky) against plain pandas, same files.
 
-Generates an hour of 200,000 posts per server for two servers with
+Generates (in a child) an hour of 200,000 posts per server for two servers with
 `bench.make_bluesky_chunks` (most posts on both, some on one only, a replay, deletes), then
 runs, each in its own child process:
 
@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import lzma
 import shutil
+import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-from bench.bench_process import Run, measure, write_settings
-from bench.make_bluesky_chunks import write_hour
+from bench.bench_process import REPO, Run, measure, write_settings
 
 HOUR_START = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)  # 2026-01-01T01 in CET
 HOUR = "2026-01-01T01"
@@ -107,9 +106,12 @@ def main() -> None:
     roots = {"srv1": root / "data", "srv2": root / "incoming" / "srv2"}
     try:
         if not roots["srv1"].is_dir():
+            # In a child, so this process stays small: a child started later would count
+            # its size in wait4's ru_maxrss.
             print(f"generating {args.posts} posts per server under {root} ...", flush=True)
-            size = write_hour(roots, HOUR_START, ZoneInfo("CET"), args.posts)
-            print(f"  {size / 1e6:.0f} MB of raw chunks", flush=True)
+            subprocess.run([sys.executable, "-m", "bench.make_bluesky_chunks", str(root),
+                            "--posts", str(args.posts), "--hour", HOUR_START.isoformat()],
+                           cwd=REPO, check=True)
         settings = write_settings(root)
         settings.write_text(settings.read_text() + "source=bluesky\n")
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -120,7 +122,8 @@ def main() -> None:
         yard_out = root / "yardstick"
         shutil.rmtree(yard_out, ignore_errors=True)
         yard_out.mkdir()
-        yardstick = measure([sys.executable, "-c", YARDSTICK, *map(str, roots.values()),
+        hour_folders = [folder / HOUR[:10] / HOUR[11:] for folder in roots.values()]
+        yardstick = measure([sys.executable, "-c", YARDSTICK, *map(str, hour_folders),
                              str(yard_out)])
         agreement = compare(root / "vault" / HOUR[:10], yard_out)
     finally:

@@ -14,8 +14,9 @@ the instance replays the last 60 s again; every 200th post is deleted five minut
 
 from __future__ import annotations
 
+import argparse
 import random
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -59,7 +60,7 @@ def receivers(n: int) -> tuple[str, ...]:
 def write_hour(roots: dict[str, Path], hour_start: datetime, zone: ZoneInfo,
                posts: int) -> int:
     """Write the hour's chunks into each server's root; returns the bytes written."""
-    step = 3600.0 / posts
+    step = 3599.0 / posts  # the last post and its second copy still inside the hour
     by_chunk: dict[Path, list[tuple[datetime, bytes]]] = {}
 
     def receive(server: str, moment: datetime, event: dict[str, Any]) -> None:
@@ -88,3 +89,19 @@ def write_hour(roots: dict[str, Path], hour_start: datetime, zone: ZoneInfo,
         path.write_bytes(data)
         written += len(data)
     return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("root", type=Path, help="folder for data/ and incoming/")
+    parser.add_argument("--posts", type=int, default=200_000, help="posts per server")
+    parser.add_argument("--hour", default="2026-01-01T00:00:00+00:00", help="UTC start")
+    args = parser.parse_args()
+    roots = {"srv1": args.root / "data", "srv2": args.root / "incoming" / "srv2"}
+    start = datetime.fromisoformat(args.hour).astimezone(UTC)
+    size = write_hour(roots, start, ZoneInfo("CET"), args.posts)
+    print(f"  {size / 1e6:.0f} MB of raw chunks under {args.root}")
+
+
+if __name__ == "__main__":
+    main()
