@@ -24,12 +24,14 @@ from collector.sources.bluesky import BLUESKY_SOURCE
 from collector.sources.bluesky.merge import ENTRY, HourIndex
 from collector.sources.bluesky.packed import PackedUris
 from collector.sources.bluesky.schema import (
+    NO_RETRIEVED_AT,
     POST_COLUMNS,
     SKIP_BAD_COMMIT,
     SKIP_NOT_EVENT,
     created_uris_in,
     id_line,
     parse_id,
+    retrieval_key,
 )
 from tests.doubles.bluesky_events import (
     GOLDEN,
@@ -380,3 +382,15 @@ def test_packed_uris_read_like_a_list_of_the_uris() -> None:
         packed[3]
     empty = PackedUris([])
     assert list(empty) == [] and len(empty) == 0 and empty.text == b""
+
+
+def test_retrieval_keys_compare_in_time_order_whatever_the_text() -> None:
+    texts = ["2026-01-01T00:59:59+01:00", "2026-01-01T00:00:00+00:00",
+             "2026-01-01T00:00:00.000001+00:00", "2026-01-01T00:00:00.5Z",
+             "2026-01-01T00:00:01", "2026-01-01T01:00:00.000002+01:00"]
+    keys = [retrieval_key({"__collector": {"retrieved_at": t}}) for t in texts]
+    assert sorted(range(6), key=keys.__getitem__) == [0, 1, 2, 5, 3, 4]
+    assert all(len(k) == 8 for k in keys)
+    for odd in ({}, {"__collector": {"retrieved_at": "yesterday"}},
+                {"__collector": {"retrieved_at": 5}}, {"__collector": "x"}):
+        assert retrieval_key(odd) == NO_RETRIEVED_AT > max(keys)

@@ -35,7 +35,6 @@ from collector.sources import LineReader
 from collector.sources.bluesky.packed import PackedUris
 from collector.sources.bluesky.schema import (
     CREATE,
-    NO_RETRIEVED_AT,
     NOT_RECORDS,
     UPDATE,
     is_post_uri,
@@ -47,7 +46,7 @@ from collector.sources.bluesky.schema import (
 MAX_SERVERS = 64
 
 # Pass 1 keeps, per distinct created AT-URI, one `bytes` entry: this header (server mask,
-# chunk number, line offset, line length), then the retrieval key (the rest, ~32 bytes).
+# chunk number, line offset, line length), then the retrieval key (8 bytes, the rest).
 ENTRY = struct.Struct("<QIII")
 ENTRY_SIZE = ENTRY.size
 # Where pass 2 finds a post's line: an entry's header without the mask.
@@ -59,8 +58,8 @@ class HourIndex:
     """Pass 1 of an hour's merge: where the kept copy of every created record is, and the
     hour's deleted AT-URIs.
 
-    An entry is ~50 bytes beside its AT-URI key (~70 bytes), so an hour of 200,000 posts
-    holds ~45 MB of index; the deletes are a set of AT-URIs (a few percent of the events),
+    An entry is 28 bytes beside its AT-URI key (~70 bytes), so an hour of 200,000 posts
+    holds ~40 MB of index; the deletes are a set of AT-URIs (a few percent of the events),
     since only their existence matters. The coverage counts are per server and minute.
 
     Call `add_chunk` for every chunk in a fixed order (servers in `servers` order, then
@@ -230,8 +229,8 @@ class HourIndex:
 
 
 def _key(entry: bytes) -> bytes:
-    """An entry's retrieval key (`schema.retrieval_key`: never empty)."""
-    return entry[ENTRY_SIZE:] or NO_RETRIEVED_AT
+    """An entry's retrieval key (`schema.retrieval_key`)."""
+    return entry[ENTRY_SIZE:]
 
 
 @dataclass
