@@ -45,22 +45,6 @@ SECOND_US = 1_000_000
 REWIND_US = 10 * SECOND_US
 MARK = b',"__collector":'
 
-# `collector stream` with the Bluesky source available even before `source_named` knows it
-# (the source object is written in parallel): X's source with this transport, by name.
-RUNNER = """
-import dataclasses, sys
-import collector.sources as sources
-try:
-    sources.source_named("bluesky")
-except ValueError:
-    from collector.sources.bluesky.transport import prepare_capture
-    from collector.sources.x import X_SOURCE
-    bluesky = dataclasses.replace(X_SOURCE, name="bluesky", prepare_capture=prepare_capture)
-    known = sources.source_named
-    sources.source_named = lambda name: bluesky if name == "bluesky" else known(name)
-from collector.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def templates() -> list[dict[str, Any]]:
@@ -290,7 +274,7 @@ class BlueskyRun(StreamRun):
         env = dict(os.environ, COLLECTOR_BACKOFF_SCALE="0.01")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", RUNNER, "--settings", str(self.settings_path),
+                [sys.executable, "-m", "collector", "--settings", str(self.settings_path),
                  "stream"], stdout=log, stderr=log, env=env)
         STARTED.append(self.process)
         return self

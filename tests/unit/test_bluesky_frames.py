@@ -362,3 +362,15 @@ def test_skip_log_says_once_a_minute_per_kind_how_many_it_left_out() -> None:
     assert skips.due("not_json", 1030.0) is None
     assert skips.due("not_json", 1060.0) == 2
     assert skips.due("not_json", 1061.0) is None
+
+
+def test_the_package_ships_jetstreams_own_dictionary() -> None:
+    """The collector's copy is byte for byte the one in the real events' folder (the fake
+    Jetstream compresses with that one), and it is the dictionary Jetstream names."""
+    import zstandard
+
+    from collector.sources.bluesky.frames import load_dictionary
+
+    shipped = load_dictionary()
+    assert shipped == (SAMPLES / "legacy_subscribe.zdict").read_bytes()
+    assert zstandard.ZstdCompressionDict(shipped).dict_id() == 1612007021

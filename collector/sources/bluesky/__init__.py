@@ -18,9 +18,7 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import cast
 
 from collector.settings import Settings
 from collector.sources import CaptureLoop, CaptureRequest, OutputFile, Source
@@ -34,14 +32,13 @@ from collector.sources.bluesky.schema import (
     parse_id,
 )
 
-PrepareCapture = Callable[[Settings], Callable[[CaptureRequest], CaptureLoop]]
-
 
 def prepare_capture(settings: Settings) -> Callable[[CaptureRequest], CaptureLoop]:
     """The WebSocket and zstd libraries are imported only by the stream, not by `process`
-    and its helper interpreters (imported by name: the transport is its own module)."""
-    transport = importlib.import_module("collector.sources.bluesky.transport")
-    return cast(PrepareCapture, transport.prepare_capture)(settings)
+    and its helper interpreters."""
+    from collector.sources.bluesky import transport
+
+    return transport.prepare_capture(settings)
 
 
 BLUESKY_SOURCE = Source(

@@ -3,8 +3,8 @@ on loopback, so the collector's Bluesky source runs its real `websockets`/`zstan
 against it (tests in-process, the lab as one process per instance).
 
 **The universe.** Event i of the network is due at `epoch + i / rate` (unix seconds) and is
-built from a real sample event of its kind (`data/jetstream-samples/`, found in the shared
-folder `../shared` beside the repository or `$COLLECTOR_SHARED`): new author DID (a pool of
+built from a real sample event of its kind (`tests/data/jetstream-samples/`, verbatim
+production events): new author DID (a pool of
 4,000), record key (a TID, unique per record), CID, `createdAt`, and for posts a varied text
 (non-ASCII, emoji, newlines, quotes, commas...). The mix is the real one (blocks of 200: 136
 likes, 22 posts, 20 reposts, 8 follows, 2 blocks, 4 updates, 6 deletes, 1 identity, 1
@@ -98,7 +98,7 @@ from tests.doubles.fake_jetstream.oracle import (
     universe_of,
 )
 from tests.doubles.fake_jetstream.records import expand_runs
-from tests.doubles.fake_jetstream.samples import DICTIONARY_ID, SHARED_ENV, dictionary
+from tests.doubles.fake_jetstream.samples import DICTIONARY_ID, dictionary
 from tests.doubles.fake_jetstream.server import DEFAULT_LOOKBACK, FakeJetstream
 from tests.doubles.fake_jetstream.universe import Universe, at_uri, wants_collection
 from tests.doubles.fake_jetstream.wire import CORRUPT_ZSTD, decompressor
@@ -110,7 +110,6 @@ __all__ = [
     "DICTIONARY_ID",
     "FAULT_KINDS",
     "INSTANCE_KINDS",
-    "SHARED_ENV",
     "FakeJetstream",
     "FakeJetstreamFleet",
     "Fault",

@@ -1,23 +1,22 @@
 """The real Jetstream v1 events the fake is built from, and the zstd dictionary of
-`compress=true`, read from the shared data folder (`data/jetstream-samples/`, MIT licence).
+`compress=true`, read from `tests/data/jetstream-samples/` (verbatim copies of production
+events and of the dictionary from the bluesky-social/jetstream repository, MIT licence).
 
-The files live beside the repository, not in it: the shared folder is `../shared` from the
-repository root, or wherever `COLLECTOR_SHARED` points (a worktree elsewhere, the lab host).
+The fake reads its own copy of the dictionary, not the one the collector ships in its
+package, so a wrong copy there fails the tests instead of agreeing with itself.
 Templates are grouped by what they are (post, like, ..., identity, account) so the universe
 can pick a real shape for every event it makes.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import orjson
 
-SHARED_ENV = "COLLECTOR_SHARED"
-REPO_ROOT = Path(__file__).resolve().parents[3]
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "data" / "jetstream-samples"
 SAMPLE_FILES = ("production_v1_window.jsonl", "golden_v1.jsonl")
 DICTIONARY_FILE = "legacy_subscribe.zdict"
 DICTIONARY_ID = 1612007021
@@ -33,19 +32,11 @@ CREATE_GROUPS = {
 }
 
 
-def shared_dir() -> Path:
-    """The shared folder: `$COLLECTOR_SHARED`, else `../shared` beside the repository."""
-    override = os.environ.get(SHARED_ENV)
-    return (Path(override) if override else REPO_ROOT / ".." / "shared").resolve()
-
-
 def samples_dir() -> Path:
-    """`data/jetstream-samples` in the shared folder; a clear error when it is not there."""
-    folder = shared_dir() / "data" / "jetstream-samples"
-    if not (folder / SAMPLE_FILES[0]).is_file():
-        raise FileNotFoundError(
-            f"Jetstream samples not found in {folder}; set {SHARED_ENV} to the shared folder")
-    return folder
+    """`tests/data/jetstream-samples`; a clear error when a file is missing."""
+    if not (SAMPLES_DIR / SAMPLE_FILES[0]).is_file():
+        raise FileNotFoundError(f"Jetstream samples not found in {SAMPLES_DIR}")
+    return SAMPLES_DIR
 
 
 @dataclass(frozen=True)
