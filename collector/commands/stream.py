@@ -11,6 +11,7 @@ from types import FrameType
 
 from collector.alerts.notify import make_notifier
 from collector.commands import settings_from_args
+from collector.sources import source_for
 from collector.stream.run import run_stream
 
 log = logging.getLogger("collector.stream")
@@ -34,6 +35,7 @@ def main(args: argparse.Namespace) -> int:
     # `kill -USR1` prints every thread's stack to the journal: the way to see a stuck stream.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     summary = run_stream(settings, make_notifier(settings), stop)
-    log.info("stopped after %d messages (%d tweets) in %d connection(s); %d chunk(s) closed",
-             summary.messages, summary.tweets, summary.connections, summary.chunks_closed)
+    log.info("stopped after %d messages (%d %s) in %d connection(s); %d chunk(s) closed",
+             summary.messages, summary.tweets, source_for(settings).record_name,
+             summary.connections, summary.chunks_closed)
     return 0

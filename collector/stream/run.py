@@ -140,7 +140,8 @@ def _run_locked(settings: Settings, notifier: notify.Notifier, stop: threading.E
         loop.write_health()
         health_file.close()
     notifier.alert(notify.STREAM_STOPPED,
-                   f"stream stopped: {health.messages} messages, {health.tweets} tweets")
+                   f"stream stopped: {health.messages} messages, {health.tweets} "
+                   f"{source_for(settings).record_name}")
     return StreamSummary(
         messages=health.messages, tweets=health.tweets, chunks_closed=writer.closed_chunks,
         chunks_recovered=recovery.chunks, torn_lines_recovered=recovery.torn_lines,
