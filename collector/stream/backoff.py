@@ -47,6 +47,18 @@ def time_scale() -> float:
     return scale
 
 
+# A stream alerts `stream_failing` once a failure run lasts this many attempts.
+ALERT_AFTER_FAILURES = 5
+
+
+def failing_alert(consecutive: int, last_error: str) -> str | None:
+    """The `stream_failing` alert's text when a failure run just reached
+    ALERT_AFTER_FAILURES attempts (once per streak), else None (pure)."""
+    if consecutive != ALERT_AFTER_FAILURES:
+        return None
+    return f"{consecutive} connection attempts in a row failed; last: {last_error}"
+
+
 @dataclass
 class ConnectionPolicy:
     """Decides how long to wait before the next connection attempt.

@@ -169,14 +169,18 @@ class Lab:
     def token(self, host: str) -> str:
         return str(self.state["tokens"][host])
 
-    def _api(self, path: str, body: Any = None) -> Any:
-        port = self.state["processes"]["fake_api"]["port"]
+    def _control(self, double: str, path: str, body: Any = None) -> Any:
+        """A test double's control API on loopback: GET, or POST of `body` as JSON."""
+        port = self.state["processes"][double]["port"]
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
                                          method="GET" if body is None else "POST",
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
+
+    def _api(self, path: str, body: Any = None) -> Any:
+        return self._control("fake_api", path, body)
 
     def api_log(self) -> dict[str, Any]:
         """The fake API's log; on a Bluesky lab, every fake Jetstream instance's log (by
@@ -190,13 +194,7 @@ class Lab:
 
     def jetstream(self, instance: str, path: str, body: Any = None) -> Any:
         """One fake Jetstream instance's control API (GET, or POST of `body`)."""
-        port = self.state["processes"][f"jetstream_{instance}"]["port"]
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
-                                         method="GET" if body is None else "POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.load(response)
+        return self._control(f"jetstream_{instance}", path, body)
 
     def api_faults(self, faults: list[dict[str, Any]]) -> None:
         self._api("/_control/faults", faults)

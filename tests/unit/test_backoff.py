@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from collector.errors import SettingsError
-from collector.stream.backoff import ConnectionPolicy, Failure, time_scale
+from collector.stream.backoff import (
+    ALERT_AFTER_FAILURES,
+    ConnectionPolicy,
+    Failure,
+    failing_alert,
+    time_scale,
+)
 
 
 def waits(policy: ConnectionPolicy, failure: Failure, count: int) -> list[float]:
@@ -82,3 +88,9 @@ def test_time_scale_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLLECTOR_BACKOFF_SCALE", "fast")
     with pytest.raises(SettingsError, match="is not a number"):
         time_scale()
+
+
+def test_the_failing_alert_comes_once_per_streak_at_its_fifth_attempt() -> None:
+    assert [n for n in range(1, 12) if failing_alert(n, "refused") is not None] == [
+        ALERT_AFTER_FAILURES]
+    assert failing_alert(5, "http_503") == "5 connection attempts in a row failed; last: http_503"

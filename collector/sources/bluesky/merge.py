@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from collector.lines import SKIP_NOT_JSON, SKIP_TORN, parse_json_line, split_chunk
@@ -42,6 +42,7 @@ from collector.sources.bluesky.schema import (
     render_post_row,
     retrieval_key,
 )
+from collector.sources.entries import EntryIndex
 
 MAX_SERVERS = 64
 
@@ -54,7 +55,7 @@ LOCATION = struct.Struct("<III")
 
 
 @dataclass
-class HourIndex:
+class HourIndex(EntryIndex):
     """Pass 1 of an hour's merge: where the kept copy of every created record is, and the
     hour's deleted AT-URIs.
 
@@ -63,33 +64,27 @@ class HourIndex:
     since only their existence matters. The coverage counts are per server and minute.
 
     Call `add_chunk` for every chunk in a fixed order (servers in `servers` order, then
-    chunk name), which makes the copy kept for a repeated AT-URI deterministic.
+    chunk name), which makes the copy kept for a repeated AT-URI deterministic. The
+    previous hour's tail (`drop_received_earlier`) removes creates only: a delete seen in
+    both hours is listed in both deletes files, which says nothing wrong.
     """
 
-    servers: Sequence[str]
     entries: dict[bytes, bytes] = field(default_factory=dict)
     deletes: set[bytes] = field(default_factory=set)
-    skipped: Counter[str] = field(default_factory=Counter)
     # events that are no records (updates, identity and account events), by kind
     not_records: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0
-    lines: int = 0
-    chunks: int = 0
-    # server -> minute of the hour -> distinct records the server saw created in that minute
-    coverage: dict[str, dict[int, int]] = field(default_factory=dict)
-    _minute_key: tuple[int, int] | None = field(default=None, repr=False)
-    _minute_ids: set[bytes] = field(default_factory=set, repr=False)
+
+    @staticmethod
+    def entry_key(entry: bytes) -> bytes:
+        return _key(entry)
 
     def add_chunk(self, server_index: int, data: bytes, minute: int = 0,
                   chunk_no: int | None = None) -> int:
         """Index every line of one chunk of server number `server_index`; returns the
         chunk's number (by default, how many chunks came before), which pass 2's line
         reader receives back. `minute` is the chunk's minute, for the coverage counts."""
-        if chunk_no is None:
-            chunk_no = self.chunks
-        self.chunks += 1
-        self._enter_minute(server_index, minute)
-        minute_ids = self._minute_ids
+        chunk_no = self.start_chunk(server_index, minute, chunk_no)
+        minute_ids = self.minute_ids
         mask = 1 << server_index
         entries, deletes = self.entries, self.deletes
         offset = 0
@@ -129,87 +124,17 @@ class HourIndex:
                 entries[uri] = both.to_bytes(8, "little") + kept[8:]
         return chunk_no
 
-    def _enter_minute(self, server_index: int, minute: int) -> None:
-        key = (server_index, minute)
-        if key != self._minute_key:
-            self._close_minute()
-            self._minute_key = key
-
-    def _close_minute(self) -> None:
-        if self._minute_key is not None:
-            server_index, minute = self._minute_key
-            minutes = self.coverage.setdefault(self.servers[server_index], {})
-            minutes[minute] = minutes.get(minute, 0) + len(self._minute_ids)
-        self._minute_ids = set()
-        self._minute_key = None
-
-    def minute_counts(self) -> dict[str, dict[int, int]]:
-        """Distinct created records per server and minute (servers without any included)."""
-        self._close_minute()
-        counts: dict[str, dict[int, int]] = {server: {} for server in self.servers}
-        for server, minutes in self.coverage.items():
-            counts[server].update({m: n for m, n in minutes.items() if n})
-        return counts
-
     def counts(self) -> dict[str, int]:
         """The report's `deletes`: distinct AT-URIs deleted in the hour."""
         return {"deletes": len(self.deletes)}
 
-    def server_counts(self) -> list[int]:
-        """Distinct created records each server captured, in `servers` order."""
-        by_mask = Counter(entry[:8] for entry in self.entries.values())
-        masks = {int.from_bytes(mask, "little"): n for mask, n in by_mask.items()}
-        return [sum(n for mask, n in masks.items() if mask >> i & 1)
-                for i in range(len(self.servers))]
-
-    def drop_received_earlier(self, earlier_ids: set[bytes]) -> int:
-        """Remove the records the previous hour already saw created; returns how many.
-
-        A record belongs to the hour of its first receipt by any server, so a create
-        received again in this hour (a replay, or two servers' clocks either side of the
-        hour) is not published twice. Each removed one counts as a duplicate; the coverage
-        counts keep it (they describe capture). Deletes are not affected: one seen in both
-        hours is listed in both deletes files, which says nothing wrong.
-        """
-        entries = self.entries
-        dropped = [uri for uri in earlier_ids if uri in entries]
-        for uri in dropped:
-            del entries[uri]
-        self.duplicates += len(dropped)
-        return len(dropped)
-
     def absorb(self, later: HourIndex) -> None:
-        """Merge in the index of the chunks that come after this one's in reading order.
-
-        Gives exactly what indexing all chunks in one object would: the kept copy is the
-        first one with the smallest retrieval key, so `later`'s wins only when strictly
-        earlier; every create or delete after an AT-URI's first counts as a duplicate.
-        `later` must start at a new (server, minute), so coverage counts simply add up.
-        """
-        self._close_minute()
-        later._close_minute()
-        entries = self.entries
-        for uri, entry in later.entries.items():
-            kept = entries.get(uri)
-            if kept is None:
-                entries[uri] = entry
-                continue
-            self.duplicates += 1
-            both = (int.from_bytes(kept[:8], "little")
-                    | int.from_bytes(entry[:8], "little")).to_bytes(8, "little")
-            winner = entry if _key(entry) < _key(kept) else kept
-            entries[uri] = both + winner[8:]
-        repeated = len(self.deletes & later.deletes)
+        """`EntryIndex.absorb`, and the deletes: an AT-URI deleted in both counts once more
+        as a duplicate."""
+        super().absorb(later)
+        self.duplicates += len(self.deletes & later.deletes)
         self.deletes |= later.deletes
-        self.duplicates += repeated + later.duplicates
-        self.skipped.update(later.skipped)
         self.not_records.update(later.not_records)
-        self.lines += later.lines
-        self.chunks += later.chunks
-        for server, minutes in later.coverage.items():
-            mine = self.coverage.setdefault(server, {})
-            for minute, count in minutes.items():
-                mine[minute] = mine.get(minute, 0) + count
 
     def plan(self) -> MergePlan:
         """What pass 2 needs, compactly, so the index can be dropped (and its memory given

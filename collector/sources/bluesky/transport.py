@@ -66,12 +66,11 @@ from collector.sources.bluesky.frames import (
     load_dictionary,
     preview,
 )
-from collector.stream.backoff import ConnectionPolicy, Failure
+from collector.stream.backoff import ConnectionPolicy, Failure, failing_alert
 from collector.stream.health import StreamHealth
 
 log = logging.getLogger("collector.capture")
 
-ALERT_AFTER_FAILURES = 5  # alert once a failure run lasts this many attempts
 RECV_POLL = 1.0  # seconds a read waits before looking at `stop` again
 # Frames the library reads ahead of the reader thread: plenty at ~2,000 events/s, and a bound
 # on memory (MAX_QUEUE x LIBRARY_MAX_SIZE = 512 MiB if an instance sent nothing but 16 MiB
@@ -187,12 +186,9 @@ class JetstreamCapture:
         self._maybe_alert()
 
     def _maybe_alert(self) -> None:
-        if self.policy.consecutive == ALERT_AFTER_FAILURES:
-            self.notifier.alert(
-                STREAM_FAILING,
-                f"{self.policy.consecutive} connection attempts in a row failed; "
-                f"last: {self.health.last_error}",
-            )
+        text = failing_alert(self.policy.consecutive, self.health.last_error)
+        if text is not None:
+            self.notifier.alert(STREAM_FAILING, text)
 
     def _read(self, connection: ClientConnection, cursor: int | None) -> None:
         """Deliver every event of one connection until it ends or the stream stops."""

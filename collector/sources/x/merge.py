@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 from collector.csvrows import csv_cell, field_text, needs_quotes
 from collector.lines import SKIP_NOT_JSON, SKIP_TORN, parse_json_line, split_chunk
 from collector.sources import LineReader
+from collector.sources.entries import EntryIndex
 from collector.sources.x.schema import (
     SKIP_BAD_TWEET,
     SKIP_NO_DATA,
@@ -54,7 +54,7 @@ ENTRY_SIZE = ENTRY.size
 
 
 @dataclass
-class HourIndex:
+class HourIndex(EntryIndex):
     """Pass 1 of an hour's merge: which line holds the kept copy of every distinct tweet.
 
     Why two passes: rendering every row at read time held the whole hour's rendered rows
@@ -71,16 +71,11 @@ class HourIndex:
     deterministic (see the module docstring for the rule).
     """
 
-    servers: Sequence[str]
     entries: dict[int, bytes] = field(default_factory=dict)
-    skipped: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0
-    lines: int = 0
-    chunks: int = 0
-    # server -> minute of the hour -> distinct tweets the server captured in that minute
-    coverage: dict[str, dict[int, int]] = field(default_factory=dict)
-    _minute_key: tuple[int, int] | None = field(default=None, repr=False)
-    _minute_ids: set[int] = field(default_factory=set, repr=False)
+
+    @staticmethod
+    def entry_key(entry: bytes) -> bytes:
+        return _entry_key(entry)
 
     def add_chunk(self, server_index: int, data: bytes, minute: int = 0,
                   chunk_no: int | None = None) -> int:
@@ -92,11 +87,8 @@ class HourIndex:
         one server and minute are adjacent in name order, so one set of ids at a time is
         enough to count each minute's distinct tweets.
         """
-        if chunk_no is None:
-            chunk_no = self.chunks
-        self.chunks += 1
-        self._enter_minute(server_index, minute)
-        minute_ids = self._minute_ids
+        chunk_no = self.start_chunk(server_index, minute, chunk_no)
+        minute_ids = self.minute_ids
         mask = 1 << server_index
         entries = self.entries
         offset = 0
@@ -135,41 +127,12 @@ class HourIndex:
                     entries[tweet_id] = both.to_bytes(8, "little") + kept[8:]
         return chunk_no
 
-    def _enter_minute(self, server_index: int, minute: int) -> None:
-        key = (server_index, minute)
-        if key != self._minute_key:
-            self._close_minute()
-            self._minute_key = key
-
-    def _close_minute(self) -> None:
-        if self._minute_key is not None:
-            server_index, minute = self._minute_key
-            minutes = self.coverage.setdefault(self.servers[server_index], {})
-            minutes[minute] = minutes.get(minute, 0) + len(self._minute_ids)
-        self._minute_ids = set()
-        self._minute_key = None
-
-    def minute_counts(self) -> dict[str, dict[int, int]]:
-        """Distinct tweets per server and minute (servers without any tweet included)."""
-        self._close_minute()
-        counts: dict[str, dict[int, int]] = {server: {} for server in self.servers}
-        for server, minutes in self.coverage.items():
-            counts[server].update({m: n for m, n in minutes.items() if n})
-        return counts
-
     def counts(self) -> dict[str, int]:
         """X has no counts of its own beyond the skip reasons."""
         return {}
 
     def sorted_ids(self) -> list[int]:
         return sorted(self.entries)
-
-    def server_counts(self) -> list[int]:
-        """Distinct tweets each server captured, in `servers` order."""
-        by_mask = Counter(entry[:8] for entry in self.entries.values())
-        masks = {int.from_bytes(mask, "little"): n for mask, n in by_mask.items()}
-        return [sum(n for mask, n in masks.items() if mask >> i & 1)
-                for i in range(len(self.servers))]
 
     def diff(self) -> int:
         """Tweets that not every server captured."""
@@ -210,52 +173,6 @@ class HourIndex:
         # Flat ids, unless one does not fit 64 bits (never seen, but `id` is only a string).
         flat: Sequence[int] = array("Q", ids) if not ids or ids[-1] < 1 << 64 else ids
         return MergePlan(flat, locations, users)
-
-    def drop_received_earlier(self, earlier_ids: set[int]) -> int:
-        """Remove the tweets the previous hour already received; returns how many.
-
-        A tweet belongs to the hour of its first receipt by any server: a copy received
-        again in this hour (a backfill after a reconnect, or two servers' clocks either
-        side of the hour) would otherwise be published in two hours. Each removed id
-        counts as a duplicate; the coverage counts keep it (they describe capture).
-        """
-        entries = self.entries
-        dropped = [tweet_id for tweet_id in earlier_ids if tweet_id in entries]
-        for tweet_id in dropped:
-            del entries[tweet_id]
-        self.duplicates += len(dropped)
-        return len(dropped)
-
-    def absorb(self, later: HourIndex) -> None:
-        """Merge in the index of the chunks that come after this one's in reading order.
-
-        Gives exactly what indexing all chunks in one object would: the kept copy is the
-        first one with the smallest retrieval key, so `later`'s wins only when strictly
-        earlier; every occurrence after an id's first counts as a duplicate. `later` must
-        start at a new (server, minute), so coverage counts simply add up.
-        """
-        self._close_minute()
-        later._close_minute()
-        entries = self.entries
-        for tweet_id, entry in later.entries.items():
-            kept = entries.get(tweet_id)
-            if kept is None:
-                entries[tweet_id] = entry
-                continue
-            self.duplicates += 1
-            both = (int.from_bytes(kept[:8], "little")
-                    | int.from_bytes(entry[:8], "little")).to_bytes(8, "little")
-            winner = entry if _entry_key(entry) < _entry_key(kept) else kept
-            entries[tweet_id] = both + winner[8:]
-        self.duplicates += later.duplicates
-        self.skipped.update(later.skipped)
-        self.lines += later.lines
-        self.chunks += later.chunks
-        for server, minutes in later.coverage.items():
-            mine = self.coverage.setdefault(server, {})
-            for minute, count in minutes.items():
-                mine[minute] = mine.get(minute, 0) + count
-
 
 # The head of an entry: server mask, chunk number, line offset, line length, tweet position.
 _LOCATION = struct.Struct("<QIIIH")

@@ -35,7 +35,7 @@ from collector.alerts.notify import STREAM_FAILING, STREAM_STALLED, Notifier
 from collector.lines import parse_json_line
 from collector.settings import Settings, read_bearer_token
 from collector.sources import CaptureRequest
-from collector.stream.backoff import ConnectionPolicy, Failure
+from collector.stream.backoff import ConnectionPolicy, Failure, failing_alert
 from collector.stream.health import StreamHealth
 
 log = logging.getLogger("collector.capture")
@@ -45,8 +45,6 @@ CONNECT_TIMEOUT = 10.0
 # twarc asks for every field group; the settings configure only tweets, users and expansions.
 UNCONFIGURED_GROUPS = ("media.fields", "poll.fields", "place.fields")
 READ_CHUNK = 64 * 1024
-# Alert once a failure run lasts this many attempts.
-ALERT_AFTER_FAILURES = 5
 
 
 class StopCapture(BaseException):
@@ -203,11 +201,9 @@ class StreamClient(Twarc2):  # type: ignore[misc]
         self._maybe_alert()
 
     def _maybe_alert(self) -> None:
-        if self.policy.consecutive == ALERT_AFTER_FAILURES:
-            self.on_failure(
-                f"{self.policy.consecutive} connection attempts in a row failed; "
-                f"last: {self.health.last_error}"
-            )
+        text = failing_alert(self.policy.consecutive, self.health.last_error)
+        if text is not None:
+            self.on_failure(text)
 
     def _lines(self, original: Callable[..., Iterator[bytes]]) -> Iterator[bytes]:
         health = self.health
