@@ -150,9 +150,9 @@ def gap_runs(series: ServerSeries) -> list[tuple[float, float]]:
 
 
 def plot_day(day: str, coverage: Mapping[HourKey, HourCounts], servers: Sequence[str],
-             zone: ZoneInfo) -> bytes:
-    """The day's coverage plot as PNG bytes: tweets per minute per server (top) and each
-    server's gaps as red bars (bottom), time of day in `zone` on the x axis."""
+             zone: ZoneInfo, record_name: str = "tweets") -> bytes:
+    """The day's coverage plot as PNG bytes: records (`record_name`) per minute per server
+    (top) and each server's gaps as red bars (bottom), time of day in `zone` on the x axis."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a server
@@ -168,8 +168,8 @@ def plot_day(day: str, coverage: Mapping[HourKey, HourCounts], servers: Sequence
         values = [float("nan") if c is None else float(c) for c in s.counts]
         counts_axis.step(s.x_hours, values, where="post", linewidth=0.8,
                          label=f"{s.server} ({s.gap_minutes} gap min)")
-    counts_axis.set_ylabel("tweets per minute")
-    counts_axis.set_title(f"Sampled-stream coverage {day} ({zone.key})")
+    counts_axis.set_ylabel(f"{record_name} per minute")
+    counts_axis.set_title(f"Stream coverage {day} ({zone.key})")
     counts_axis.grid(True, alpha=0.3)
     counts_axis.set_ylim(bottom=0)
     if series:

@@ -22,6 +22,7 @@ from collector.fsutil import write_bytes_atomic
 from collector.report.coverage import day_series, plot_day, read_day_coverage
 from collector.report.day import diff_percent, read_report, report_name
 from collector.settings import Settings
+from collector.sources import source_for
 
 log = logging.getLogger("collector.report")
 
@@ -129,14 +130,15 @@ def build_report(settings: Settings, day: str) -> RenderedReport:
     table = render_table(parsed.columns, [*rows, day_totals(parsed.columns, rows)])
     coverage = read_day_coverage(folder)
     series = day_series(day, coverage, settings.servers, settings.timezone)
+    record_name = source_for(settings).record_name
     if coverage:
         summary_lines = [f"Coverage over {len(coverage)} processed hour(s), per minute:"]
         width = max(len(s.server) for s in series)
         summary_lines += [f"  {s.server.ljust(width)}  {s.covered_minutes} minute(s) with "
-                          f"tweets, {s.gap_minutes} gap minute(s)" for s in series]
+                          f"{record_name}, {s.gap_minutes} gap minute(s)" for s in series]
     else:
         summary_lines = ["Coverage: no per-minute counts recorded for this day."]
-    png = plot_day(day, coverage, settings.servers, settings.timezone)
+    png = plot_day(day, coverage, settings.servers, settings.timezone, record_name)
     return RenderedReport(day, table, "\n".join(summary_lines) + "\n", png)
 
 
