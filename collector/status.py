@@ -43,6 +43,7 @@ from collector.process import quarantine as process_quarantine
 from collector.process import scan as process_scan
 from collector.publish import ledger as upload_ledger_file
 from collector.settings import Settings
+from collector.sources import source_for
 from collector.stream.health import STATUS_FILE, read_health
 from collector.transfer import replicate, retention, send
 from collector.transfer.rsync import ConfirmedLedger, file_stamp
@@ -132,6 +133,7 @@ def stream_part(status: HostStatus, settings: Settings, now: float) -> None:
     last_message = float(record.get("last_message_at", 0))
     last_tweet = float(record.get("last_tweet_at", 0))
     status.stream = {
+        "source": settings.source,
         "running": running,
         "connected": bool(record.get("connected")) and running,
         "connected_since": record.get("connected_since", 0),
@@ -169,7 +171,8 @@ def stream_part(status: HostStatus, settings: Settings, now: float) -> None:
             return
     if record.get("stalled"):
         quiet = now - max(last_tweet, float(record.get("started_at", 0)))
-        status.worsen(Verdict.DEGRADED, f"no tweet for {quiet:.0f} s (stall)")
+        status.worsen(Verdict.DEGRADED,
+                      f"no {source_for(settings).record_name} for {quiet:.0f} s (stall)")
 
 
 def secondary_part(status: HostStatus, settings: Settings, now: float) -> None:

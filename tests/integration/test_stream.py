@@ -203,7 +203,7 @@ def test_heartbeat_only_stall_is_degraded_and_alerted(write_settings: SettingsWr
     wait_for(degraded, 30, "status to say degraded", explain(api, run))
     problems = seen["problems"]
     assert isinstance(problems, list) and len(problems) == 1
-    assert problems[0].startswith("no tweet for ") and problems[0].endswith(" s (stall)")
+    assert problems[0].startswith("no tweets for ") and problems[0].endswith(" s (stall)")
     api.clear_faults()  # the collector reconnects after the alert; tweets flow again
     wait_for(lambda: run.status()[0] == 0, 60, "the stream to be healthy again",
              explain(api, run))
