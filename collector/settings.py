@@ -109,6 +109,10 @@ _REPLICA = re.compile(r"^(?P<id>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<host>[A-Za-z0-9.
                       r"(?::(?P<port>[0-9]{1,5}))?$")
 
 
+class _ValueWithSecret(ValueError):
+    """A bad value that must not be repeated in the error line (it holds a secret)."""
+
+
 def _source(value: str) -> str:
     if value not in SOURCES:
         raise ValueError("must be x or bluesky")
@@ -121,6 +125,9 @@ def _websocket_url(value: str) -> str:
         raise ValueError("must be a ws(s) URL (a Jetstream /subscribe endpoint)")
     if parsed.query or parsed.fragment:
         raise ValueError("must not carry a query: the collector adds the parameters")
+    if parsed.username is not None or parsed.password is not None:
+        # The URL is logged and written into every chunk line (`__collector.url`).
+        raise _ValueWithSecret("must not carry credentials (user:password@)")
     return value
 
 
@@ -332,6 +339,8 @@ def settings_from_mapping(raw: Mapping[str, str], source: Path) -> Settings:
             continue
         try:
             parsed[key] = parser(value)
+        except _ValueWithSecret as error:  # the value is not shown: it holds a secret
+            raise SettingsError(f"{source}: {key} {error}") from None
         except ValueError as error:
             raise SettingsError(f"{source}: {key}={value!r} {error}") from None
     settings = Settings(path=source, **parsed)

@@ -347,7 +347,9 @@ def test_the_role_default_counts_for_a_host_that_sets_no_source(fleet: Fleet) ->
     ({"collector2": {"collector_jetstream_url": "https://jetstream.example.org/subscribe"}},
      "collector2: 'https://jetstream.example.org/subscribe': collector_jetstream_url (or the "
      "host's entry of collector_jetstream_instances) must be a ws:// or wss:// Jetstream "
-     "/subscribe URL without a query; nothing was changed"),
+     "/subscribe URL without a query or credentials; nothing was changed"),
+    ({"collector2": {"collector_jetstream_url": "wss://me:hunter2@jetstream.example.org/subscribe"}},
+     "collector2: a URL with user:password@ (not shown): collector_jetstream_url"),
     ({"collector3": {"collector_jetstream_url": f"{OWN}?wantedCollections=app.bsky.feed.post"}},
      f"collector3: '{OWN}?wantedCollections=app.bsky.feed.post': collector_jetstream_url"),
     ({"collector1": {"collector_jetstream_collections": ["app.bsky.feed.post", "posts"]}},
@@ -361,6 +363,7 @@ def test_a_bad_endpoint_or_collection_list_stops_the_run(
     result = fleet.run(inventory("bluesky", host_vars))
     assert result.returncode != 0
     assert message in one_line(result.stdout), result.stdout[-3000:]
+    assert "hunter2" not in result.stdout + result.stderr
     assert not (fleet.out / "collector1" / "server_settings.txt").exists()
 
 

@@ -94,6 +94,8 @@ def test_replica_targets(write_settings: SettingsWriter) -> None:
         ({"source": "bluesky", "jetstream_url": "wss://j.example/subscribe?cursor=1"},
          "jetstream_url='wss://j.example/subscribe?cursor=1' must not carry a query: "
          "the collector adds the parameters"),
+        ({"source": "bluesky", "jetstream_url": "wss://me:secret@j.example/subscribe"},
+         "jetstream_url must not carry credentials (user:password@)"),
         ({"source": "bluesky", "jetstream_collections": "app.bsky.feed.post,posts"},
          "jetstream_collections='app.bsky.feed.post,posts' entry 'posts' is not a "
          "collection NSID such as app.bsky.feed.post"),
